@@ -1,0 +1,30 @@
+"""Small architectures sized for 28x28 / 32x32 inputs, addressable as ``trustvision:NAME`` specs.
+
+* ``smallcnn``: two conv blocks + MLP head, the demo model (about 0.1 M parameters).
+* ``mlp``: a two-layer perceptron baseline.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+
+def smallcnn(num_classes: int = 10, channels: int = 1, width: int = 32) -> nn.Module:
+    """Conv(3x3)-ReLU-MaxPool x2, then global pool + MLP; works for any input >= 8x8."""
+    return nn.Sequential(
+        nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(width, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.AdaptiveAvgPool2d(4), nn.Flatten(),
+        nn.Linear(2 * width * 16, 128), nn.ReLU(), nn.Linear(128, num_classes),
+    )
+
+
+def mlp(num_classes: int = 10, channels: int = 1, size: int = 28, hidden: int = 256) -> nn.Module:
+    """Flatten + two hidden layers."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(channels * size * size, hidden), nn.ReLU(),
+                         nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+
+
+ARCHS: dict[str, Callable[..., nn.Module]] = {"smallcnn": smallcnn, "mlp": mlp}
