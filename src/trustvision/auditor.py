@@ -1,0 +1,196 @@
+"""The audit: spec -> Classifier + Dataset -> sections -> results.json -> report.html.
+
+(The module is ``auditor`` so that ``trustvision.audit`` stays the function.)
+
+Each section persists its :class:`~trustvision.results.SectionResult` to
+``OUT/sections/NAME.json`` as soon as it finishes, stamped with a fingerprint
+of the model weights, the evaluated data and the section's configuration.
+Re-running the same audit resumes: sections whose fingerprint matches are
+loaded, not recomputed.  The model's weights are hashed before and after; a
+change is an error (the audit must never modify the user's model).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from .data import Dataset
+from .errors import ModelModifiedError, TrustVisionError
+from .evaluation import RobustnessConfig, clean_section, robustness_section
+from .model import Classifier
+from .progress import Quiet
+from .results import SCHEMA_VERSION, SectionResult, write_json_atomic
+
+SECTIONS = ("clean", "robustness")
+
+
+@dataclass
+class AuditConfig:
+    """Everything an audit run depends on (besides the model and the data)."""
+
+    sections: list[str] = field(default_factory=lambda: list(SECTIONS))
+    n_images: int | None = 500
+    batch_size: int = 128
+    seed: int = 0
+    robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
+    gates: list[str] = field(default_factory=list)
+    resume: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.robustness, dict):
+            self.robustness = RobustnessConfig(**self.robustness)
+        bad = [s for s in self.sections if s not in SECTIONS]
+        if bad:
+            raise TrustVisionError(f"unknown section(s) {bad}; choose from {list(SECTIONS)}")
+        if self.batch_size < 1:
+            raise TrustVisionError(f"--batch-size must be >= 1, got {self.batch_size}")
+
+    @classmethod
+    def from_toml(cls, path: str | Path, **overrides: Any) -> "AuditConfig":
+        """Read ``audit.toml`` (top-level keys of AuditConfig, a ``[robustness]`` table)."""
+        import tomllib
+        p = Path(path)
+        try:
+            raw = tomllib.loads(p.read_text())
+        except FileNotFoundError:
+            raise TrustVisionError(f"{p}: config file not found") from None
+        except tomllib.TOMLDecodeError as e:
+            raise TrustVisionError(f"{p}: invalid TOML ({e})") from None
+        known = set(cls.__dataclass_fields__)
+        unknown = set(raw) - known
+        if unknown:
+            raise TrustVisionError(f"{p}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
+        raw.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls(**raw)
+        except TypeError as e:
+            raise TrustVisionError(f"{p}: {e}") from None
+
+
+# ------------------------------------------------------------------ gates
+_GATE = re.compile(r"^\s*([A-Za-z_][\w.]*(?:@[\w./]+)?)\s*=\s*([-+0-9.eE/]+)\s*$")
+
+
+def _number(text: str) -> float:
+    if "/" in text:
+        a, b = text.split("/", 1)
+        return float(a) / float(b)
+    return float(text)
+
+
+def summary_metrics(sections: dict[str, SectionResult]) -> dict[str, float]:
+    """Flat metrics for the terminal, the report header and ``--fail-under`` gates.
+
+    Keys: ``clean_accuracy`` and ``robust_accuracy_<norm>@<eps>`` (worst case across attacks).
+    """
+    out: dict[str, float] = {}
+    if "clean" in sections:
+        out["clean_accuracy"] = sections["clean"].metrics["clean_accuracy"]
+    if "robustness" in sections:
+        for norm, curve in sections["robustness"].metrics.get("worst_case_robust_accuracy", {}).items():
+            for eps, acc in curve.items():
+                if float(eps) > 0:
+                    out[f"robust_accuracy_{norm}@{float(eps):.6g}"] = acc
+    return out
+
+
+def evaluate_gates(gates: list[str], summary: dict[str, float]) -> list[dict]:
+    """Check ``METRIC=VALUE`` gates (metric must be >= value).  ``@eps`` may be a fraction like ``8/255``."""
+    results = []
+    for g in gates:
+        m = _GATE.match(g)
+        if not m:
+            raise TrustVisionError(f"--fail-under {g!r}: expected METRIC=VALUE, e.g. robust_accuracy_linf@8/255=0.4")
+        name, threshold = m.group(1), _number(m.group(2))
+        key = name
+        if "@" in name:
+            base, eps = name.split("@", 1)
+            want = _number(eps)
+            cands = [k for k in summary if k.startswith(base + "@") and abs(float(k.split("@")[1]) - want) < 1e-6]
+            key = cands[0] if cands else name
+        if key not in summary:
+            raise TrustVisionError(f"--fail-under {g!r}: unknown metric {name!r}; available: {', '.join(summary)}")
+        value = summary[key]
+        results.append({"gate": g, "metric": key, "op": ">=", "threshold": threshold, "value": value,
+                        "passed": value is not None and value >= threshold})
+    return results
+
+
+# ------------------------------------------------------------------ audit
+def _fingerprint(*parts: Any) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(json.dumps(p, sort_keys=True, default=str).encode() if not isinstance(p, bytes) else p)
+    return h.hexdigest()[:20]
+
+
+def data_fingerprint(data: Dataset) -> str:
+    """SHA-256 (truncated) of the evaluated images and labels."""
+    return _fingerprint(data.x.contiguous().numpy().tobytes(), data.y.numpy().tobytes())
+
+
+def audit(clf: Classifier, data: Dataset, config: AuditConfig | None = None, out_dir: str | Path = "trustvision-out",
+          *, data_spec: str = "", progress=None, console=None) -> dict:
+    """Run the configured sections and write ``results.json`` and ``report.html`` into ``out_dir``.
+
+    Returns the results dictionary (the content of results.json).
+    """
+    from .report import render_report
+    cfg = config or AuditConfig()
+    progress = progress or Quiet()
+    out = Path(out_dir)
+    (out / "sections").mkdir(parents=True, exist_ok=True)
+    data = data.conform(clf.channels, clf.num_classes).sample(cfg.n_images, cfg.seed)
+    if len(data) == 0:
+        raise TrustVisionError(f"dataset {data.name!r} is empty")
+    weights_before = clf.weights_hash()
+    base_fp = (weights_before, data_fingerprint(data), clf.describe(), cfg.seed, cfg.batch_size)
+    sections: dict[str, SectionResult] = {}
+    clean_logits = None
+    for name in cfg.sections:
+        sec_cfg = asdict(cfg.robustness) if name == "robustness" else {}
+        fp = _fingerprint(*base_fp, name, sec_cfg)
+        path = out / "sections" / f"{name}.json"
+        if cfg.resume and path.exists():
+            try:
+                saved = json.loads(path.read_text())
+                if saved.get("fingerprint") == fp:
+                    sections[name] = SectionResult.from_dict(saved["section"])
+                    if console:
+                        console.print(f"[dim]resumed section {name!r} from {path}[/dim]")
+                    continue
+            except (json.JSONDecodeError, KeyError, TypeError):
+                pass                              # unreadable: recompute
+        torch.manual_seed(cfg.seed)
+        if name == "clean" or clean_logits is None:
+            sec, clean_logits = clean_section(clf, data, batch_size=cfg.batch_size, progress=progress)
+            if name == "clean":
+                sections[name] = sec
+        if name == "robustness":
+            sections[name] = robustness_section(clf, data, clean_logits, cfg.robustness, out_dir=out,
+                                                batch_size=cfg.batch_size, progress=progress)
+        sections[name].config = {**sections[name].config, "fingerprint": fp}
+        write_json_atomic(path, {"fingerprint": fp, "section": sections[name].to_dict()})
+    summary = summary_metrics(sections)
+    results = {
+        "schema_version": SCHEMA_VERSION, "trustvision_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "model": {**clf.describe(), "weights_sha256": weights_before},
+        "data": {"spec": data_spec or data.name, "name": data.name, "n": len(data), "num_classes": data.num_classes,
+                 "sha256": data_fingerprint(data)},
+        "config": asdict(cfg), "summary": summary, "gates": evaluate_gates(cfg.gates, summary),
+        "sections": {k: v.to_dict() for k, v in sections.items()},
+    }
+    write_json_atomic(out / "results.json", results)
+    render_report(results, out)
+    if clf.weights_hash() != weights_before:
+        raise ModelModifiedError(f"model {clf.name!r}: weights changed during the audit (results kept in {out})")
+    return results

@@ -1,0 +1,287 @@
+"""The ``robustness`` section: robust accuracy against budget, per attack and worst case.
+
+For each attack and budget the section reports robust accuracy (the share of
+*all* evaluated images that are classified correctly and stay correct under
+attack), and per-example worst case across attacks of the same norm: an image
+counts as robust at ε only if *every* attack failed on it (Croce & Hein 2020
+report robustness the same way).  Fixed-budget attacks (FGSM, PGD) run once per
+budget; minimal attacks (CW, DeepFool) run once and are thresholded at every
+budget.  Soundness checks from :mod:`.soundness` run alongside and their flags
+travel with the numbers.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..attacks import ATTACKS, PGD, AttackResult, make_attack
+from ..data import Dataset
+from ..errors import TrustVisionError
+from ..model import Classifier
+from ..progress import Quiet
+from ..results import Figure, SectionResult, Table
+from . import soundness
+
+# name -> (registry attack, fixed constructor arguments); the norm follows from these.
+PRESETS: dict[str, tuple[str, dict]] = {
+    "fgsm": ("fgsm", {"norm": "linf"}),
+    "pgd": ("pgd", {"norm": "linf"}),
+    "fgsm-l2": ("fgsm", {"norm": "l2"}),
+    "pgd-l2": ("pgd", {"norm": "l2"}),
+    "cw": ("cw", {}),
+    "deepfool": ("deepfool", {"norm": "l2"}),
+    "deepfool-linf": ("deepfool", {"norm": "linf"}),
+}
+
+
+@dataclass
+class RobustnessConfig:
+    """What the robustness section runs.  Budgets are in [0, 1] pixel units."""
+
+    attacks: list[str] = field(default_factory=lambda: ["fgsm", "pgd", "pgd-l2", "cw", "deepfool"])
+    eps_linf: list[float] = field(default_factory=lambda: [0.0, 2 / 255, 4 / 255, 8 / 255, 16 / 255])
+    eps_l2: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0, 2.0])
+    attack_options: dict[str, dict] = field(default_factory=dict)
+    checks: bool = True
+    large_eps_linf: float = 0.5
+    strong_factor: int = 5
+    strong_restarts: int = 3
+    check_images: int = 256
+    n_examples: int = 8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        unknown = [a for a in self.attacks if a not in PRESETS]
+        if unknown:
+            raise TrustVisionError(f"unknown attack(s) {unknown}; choose from {sorted(PRESETS)}")
+        for norm in ("linf", "l2"):
+            eps = getattr(self, f"eps_{norm}")
+            if any(e < 0 for e in eps):
+                raise TrustVisionError(f"eps_{norm}: budgets must be >= 0, got {eps}")
+            setattr(self, f"eps_{norm}", sorted({0.0, *map(float, eps)}))
+
+    def build(self, name: str):
+        """The attack object for preset ``name`` with the user's options applied."""
+        base, fixed = PRESETS[name]
+        opts = {**fixed, **self.attack_options.get(name, {})}
+        if "seed" in getattr(ATTACKS[base], "__dataclass_fields__", {}):
+            opts.setdefault("seed", self.seed)
+        return make_attack(base, **opts)
+
+
+def run_batched(attack, clf: Classifier, x: Tensor, y: Tensor, batch_size: int, advance=None) -> AttackResult:
+    """Run ``attack`` over (N, C, H, W) CPU tensors in device batches; results concatenated on the CPU."""
+    parts = []
+    for i in range(0, len(x), batch_size):
+        r = attack(clf, x[i:i + batch_size].to(clf.device), y[i:i + batch_size].to(clf.device))
+        parts.append(AttackResult(r.x_adv.detach().cpu(), r.success.cpu(), r.norms.detach().cpu(),
+                                  r.queries.cpu(), r.gradients.cpu()))
+        if advance:
+            advance(1)
+    if not parts:
+        z = torch.zeros(0)
+        return AttackResult(x, z.bool(), z, z.long(), z.long())
+    cat = lambda k: torch.cat([getattr(p, k) for p in parts])  # noqa: E731
+    return AttackResult(cat("x_adv"), cat("success"), cat("norms"), cat("queries"), cat("gradients"))
+
+
+@dataclass
+class _AttackRun:
+    name: str
+    norm: str
+    robust: dict[float, Tensor]            # eps -> (N,) bool over all evaluated images
+    example: AttackResult | None = None    # on the first correctly classified images
+    example_eps: float | None = None
+    seconds: float = 0.0
+    gradients: int = 0
+
+
+def _attack_all(cfg: RobustnessConfig, name: str, clf: Classifier, data: Dataset, correct: Tensor,
+                batch_size: int, progress) -> _AttackRun:
+    attack = cfg.build(name)
+    norm = attack.norm
+    budgets = getattr(cfg, f"eps_{norm}")
+    idx = correct.nonzero()[:, 0]
+    xs, ys = data.x[idx], data.y[idx]
+    nb = (len(idx) + batch_size - 1) // batch_size
+    nonzero = [e for e in budgets if e > 0]
+    ref = nonzero[len(nonzero) // 2] if nonzero else None
+    run = _AttackRun(name, norm, {0.0: correct.clone()})
+    t0 = time.perf_counter()
+    if attack.minimal:
+        advance = progress.task(f"{name} (minimal, {norm})", nb)
+        res = run_batched(attack, clf, xs, ys, batch_size, advance)
+        for e in nonzero:
+            r = correct.clone()
+            r[idx] = res.robust_at(e, torch.ones(len(idx), dtype=torch.bool))
+            run.robust[e] = r
+        run.example, run.example_eps = res, None
+        run.gradients = int(res.gradients.sum())
+    else:
+        advance = progress.task(f"{name} ({norm}, {len(nonzero)} budgets)", nb * len(nonzero))
+        for e in nonzero:
+            res = run_batched(attack.with_eps(e), clf, xs, ys, batch_size, advance)
+            r = correct.clone()
+            r[idx] = ~res.success
+            run.robust[e] = r
+            run.gradients += int(res.gradients.sum())
+            if e == ref:
+                run.example, run.example_eps = res, e
+    if run.example is not None:
+        k = min(cfg.n_examples, len(idx))
+        ex = run.example
+        run.example = AttackResult(ex.x_adv[:k], ex.success[:k], ex.norms[:k], ex.queries[:k], ex.gradients[:k],
+                                   {"index": idx[:k]})
+    run.seconds = time.perf_counter() - t0
+    return run
+
+
+def _curves(runs: list[_AttackRun], norm: str, budgets: list[float]) -> tuple[dict, dict[float, Tensor]]:
+    curves, worst = {}, {}
+    for run in runs:
+        if run.norm == norm:
+            curves[run.name] = (budgets, [float(run.robust[e].float().mean()) for e in budgets])
+    mine = [r for r in runs if r.norm == norm]
+    if mine:
+        for e in budgets:
+            worst[e] = torch.stack([r.robust[e] for r in mine]).all(0)
+        curves["worst-case"] = (budgets, [float(worst[e].float().mean()) for e in budgets])
+    return curves, worst
+
+
+def _checks(cfg: RobustnessConfig, clf: Classifier, data: Dataset, correct: Tensor, runs: list[_AttackRun],
+            curves_by_norm: dict, batch_size: int, progress) -> tuple[list, dict]:
+    flags, stats = [], {}
+    n = len(data)
+    for norm, curves in curves_by_norm.items():
+        flags += soundness.monotonic_flags(curves, norm, n)
+    flags += soundness.fgsm_vs_pgd_flags(curves_by_norm.get("linf", {}), n)
+    if not cfg.checks:
+        return flags, stats
+    idx = correct.nonzero()[:cfg.check_images, 0]
+    if len(idx) == 0:
+        return flags, stats
+    xs, ys = data.x[idx], data.y[idx]
+    advance = progress.task("soundness checks", 3)
+    g_flags, stats["gradients"] = soundness.gradient_flags(clf, xs[:batch_size].to(clf.device), ys[:batch_size].to(clf.device))
+    flags += g_flags
+    advance(1)
+    big = PGD(eps=cfg.large_eps_linf, norm="linf", steps=20, seed=cfg.seed)
+    # estimated accuracy over all images: clean accuracy x share of checked correct images that survive
+    survive = float((~run_batched(big, clf, xs, ys, batch_size).success).float().mean())
+    acc_big = survive * float(correct.float().mean())
+    stats["large_budget"] = {"eps": cfg.large_eps_linf, "norm": "linf", "accuracy": acc_big}
+    flags += soundness.large_budget_flag(acc_big, cfg.large_eps_linf, "linf", 1.0 / clf.num_classes)
+    advance(1)
+    pgd_runs = [r for r in runs if r.name in ("pgd", "pgd-l2")]
+    if pgd_runs:
+        run = pgd_runs[0]
+        clean_acc = float(correct.float().mean())
+        eps_list = [e for e in run.robust if e > 0]
+        e = min(eps_list, key=lambda v: abs(float(run.robust[v].float().mean()) - clean_acc / 2))
+        base = cfg.build(run.name).with_eps(e)
+        strong = PGD(eps=e, norm=base.norm, steps=base.steps * cfg.strong_factor, restarts=cfg.strong_restarts,
+                     seed=cfg.seed + 1)
+        robust_strong = ~run_batched(strong, clf, xs, ys, batch_size).success
+        base_acc = float(run.robust[e][idx].float().mean())      # both on the same checked images
+        strong_acc = float(robust_strong.float().mean())
+        info = {"steps": strong.steps, "restarts": strong.restarts}
+        stats["convergence"] = {"eps": e, "norm": base.norm, "base": base_acc, "strong": strong_acc, **info}
+        flags += soundness.convergence_flag(base_acc, strong_acc, e, base.norm, len(idx), info)
+    advance(1)
+    return flags, stats
+
+
+def robustness_section(clf: Classifier, data: Dataset, clean_logits: Tensor, cfg: RobustnessConfig | None = None, *,
+                       out_dir: Path | None = None, batch_size: int = 128, progress=None) -> SectionResult:
+    """Robust accuracy curves, worst case, examples and soundness flags.
+
+    Args:
+        clf: the classifier.  data: images (N, C, H, W) and labels (N,) (CPU tensors).
+        clean_logits: (N, K) logits from the clean section (avoids recomputing).
+        out_dir: where figures and ``adversarial_examples.npz`` go (no files when None).
+    """
+    from ..report import figures
+    cfg = cfg or RobustnessConfig()
+    progress = progress or Quiet()
+    t0 = time.perf_counter()
+    correct = clean_logits.argmax(1) == data.y
+    runs = [_attack_all(cfg, name, clf, data, correct, batch_size, progress) for name in cfg.attacks]
+    curves_by_norm, worst_by_norm = {}, {}
+    for norm in ("linf", "l2"):
+        curves, worst = _curves(runs, norm, getattr(cfg, f"eps_{norm}"))
+        if curves:
+            curves_by_norm[norm], worst_by_norm[norm] = curves, worst
+    flags, check_stats = _checks(cfg, clf, data, correct, runs, curves_by_norm, batch_size, progress)
+    clean_acc = float(correct.float().mean())
+    metrics = {"clean_accuracy": clean_acc, "n_images": len(data),
+               "robust_accuracy": {norm: {name: dict(zip(map(str, e), a)) for name, (e, a) in c.items()}
+                                   for norm, c in curves_by_norm.items()},
+               "worst_case_robust_accuracy": {norm: dict(zip(map(str, c["worst-case"][0]), c["worst-case"][1]))
+                                              for norm, c in curves_by_norm.items()},
+               "attack_seconds": {r.name: r.seconds for r in runs},
+               "gradient_evaluations": {r.name: r.gradients for r in runs},
+               "checks": check_stats}
+    tables = [Table(f"Robust accuracy ({norm})", ["attack"] + [f"eps={e:.4g}" for e in c["worst-case"][0]],
+                    [[name] + list(acc) for name, (_, acc) in c.items()]) for norm, c in curves_by_norm.items()]
+    section = SectionResult("robustness", "Robustness against gradient attacks", metrics, tables, flags=flags,
+                            config=asdict(cfg), seconds=0.0)
+    if out_dir is not None:
+        _figures(section, runs, curves_by_norm, worst_by_norm, clf, data, clean_logits, correct, out_dir, figures)
+    section.seconds = time.perf_counter() - t0
+    return section
+
+
+def _figures(section, runs, curves_by_norm, worst_by_norm, clf, data, clean_logits, correct, out_dir: Path, figures):
+    out_dir.mkdir(parents=True, exist_ok=True)
+    chance = 1.0 / clf.num_classes
+    clean_acc = float(correct.float().mean())
+    for norm, curves in curves_by_norm.items():
+        path = f"robustness_{norm}.png"
+        figures.robustness_curves(curves, out_dir / path, norm=norm, clean_acc=clean_acc, chance=chance,
+                                  title=f"Robust accuracy vs {norm} budget")
+        section.figures.append(Figure(f"Robust accuracy vs budget ({norm})", path,
+                                      "Each line is one attack; 'worst-case' counts an image robust only if every "
+                                      "attack of this norm failed on it."))
+        eps = [e for e in worst_by_norm[norm] if e > 0]
+        if eps:
+            e = eps[len(eps) // 2]
+            pc_clean = _per_class(correct, data.y, clf.num_classes)
+            pc_rob = _per_class(worst_by_norm[norm][e], data.y, clf.num_classes)
+            path = f"per_class_{norm}.png"
+            figures.per_class_bars(clf.labels, pc_clean, pc_rob, out_dir / path,
+                                   title=f"Per-class accuracy: clean vs worst case at {norm} eps={e:.4g}")
+            section.figures.append(Figure(f"Per-class accuracy ({norm}, eps={e:.4g})", path))
+    saved = {}
+    for run in runs:
+        ex = run.example
+        if ex is None or len(ex.x_adv) == 0:
+            continue
+        i = ex.extras["index"]
+        x = data.x[i]
+        with torch.inference_mode():
+            adv_logits = clf.predict(ex.x_adv).cpu()
+        p_clean, p_adv = clean_logits[i].softmax(1), adv_logits.softmax(1)
+        path = f"examples_{run.name}.png"
+        budget = f"eps={run.example_eps:.4g}" if run.example_eps is not None else "minimal perturbation"
+        figures.example_grid(x, ex.x_adv, data.y[i], p_clean.argmax(1), p_adv.argmax(1), p_clean.amax(1),
+                             p_adv.amax(1), clf.labels, out_dir / path)
+        section.figures.append(Figure(f"Adversarial examples: {run.name} ({run.norm}, {budget})", path,
+                                      "Original | adversarial | perturbation amplified to full range (grey = 0)."))
+        saved[f"{run.name}_x_adv"] = ex.x_adv.numpy()
+        saved[f"{run.name}_index"] = i.numpy()
+        section.examples.append({"attack": run.name, "norm": run.norm, "eps": run.example_eps,
+                                 "index": i.tolist(), "success": ex.success.tolist(), "norms": ex.norms.tolist(),
+                                 "pred_adv": p_adv.argmax(1).tolist(), "label": data.y[i].tolist()})
+    if saved:
+        np.savez_compressed(out_dir / "adversarial_examples.npz", **saved)
+
+
+def _per_class(mask: Tensor, y: Tensor, k: int) -> list[float]:
+    from .clean import per_class_accuracy
+    return per_class_accuracy(mask, y, k).tolist()
