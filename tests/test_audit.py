@@ -1,0 +1,137 @@
+"""End-to-end audit: sections, results.json, report, resume, gates, model never modified, CLI errors."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from trustvision.auditor import AuditConfig, audit, evaluate_gates, summary_metrics
+from trustvision.cli import app
+from trustvision.errors import TrustVisionError
+from trustvision.evaluation import RobustnessConfig
+
+
+def _small_cfg(**kw):
+    rob = RobustnessConfig(attacks=["fgsm", "pgd", "deepfool"], eps_linf=[0, 0.1, 0.3], eps_l2=[0, 1.0, 3.0],
+                           check_images=32, n_examples=4)
+    return AuditConfig(n_images=48, batch_size=48, robustness=rob, **kw)
+
+
+@pytest.fixture(scope="module")
+def audited(mnist_clf, mnist_test, tmp_path_factory):
+    out = tmp_path_factory.mktemp("audit")
+    return audit(mnist_clf, mnist_test, _small_cfg(gates=["clean_accuracy=0.5"]), out), out
+
+
+def test_results_json_and_report_written(audited):
+    results, out = audited
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["schema_version"] == results["schema_version"]
+    assert set(on_disk["sections"]) == {"clean", "robustness"}
+    assert (out / "report.html").stat().st_size > 10_000
+    for sec in on_disk["sections"].values():
+        for fig in sec["figures"]:
+            assert (out / fig["path"]).is_file()
+    assert (out / "adversarial_examples.npz").is_file()
+
+
+def test_robust_accuracy_is_below_clean_and_worst_case_is_minimum(audited):
+    results, _ = audited
+    rob = results["sections"]["robustness"]["metrics"]
+    clean = rob["clean_accuracy"]
+    for norm, curves in rob["robust_accuracy"].items():
+        worst = rob["worst_case_robust_accuracy"][norm]
+        for eps, acc in worst.items():
+            assert acc <= min(c[eps] for c in curves.values()) + 1e-9
+            if float(eps) > 0:
+                assert acc < clean
+    assert rob["worst_case_robust_accuracy"]["linf"]["0.3"] < 0.1       # MNIST CNN at eps 0.3: broken
+    codes = {f["code"] for s in results["sections"].values() for f in s["flags"]}
+    assert not codes & {"zero-gradients", "nan-gradients", "large-budget-not-chance", "non-monotonic"}
+
+
+def test_gates_and_summary(audited):
+    results, _ = audited
+    assert results["gates"][0]["passed"]
+    s = results["summary"]
+    assert "robust_accuracy_linf@0.1" in s and "clean_accuracy" in s
+    g = evaluate_gates(["robust_accuracy_linf@1/10=0.999"], s)
+    assert g[0]["metric"] == "robust_accuracy_linf@0.1" and not g[0]["passed"]
+    with pytest.raises(TrustVisionError, match="unknown metric"):
+        evaluate_gates(["nonsense=1"], s)
+    with pytest.raises(TrustVisionError, match="METRIC=VALUE"):
+        evaluate_gates(["clean_accuracy>0.5"], s)
+
+
+def test_resume_skips_finished_sections(audited, mnist_clf, mnist_test):
+    results, out = audited
+    before = (out / "sections" / "robustness.json").stat().st_mtime_ns
+    again = audit(mnist_clf, mnist_test, _small_cfg(), out)
+    assert (out / "sections" / "robustness.json").stat().st_mtime_ns == before
+    assert again["sections"]["robustness"]["metrics"] == results["sections"]["robustness"]["metrics"]
+    changed = _small_cfg()
+    changed.robustness.attacks = ["fgsm"]
+    third = audit(mnist_clf, mnist_test, changed, out)      # config changed -> recomputed
+    assert set(third["sections"]["robustness"]["metrics"]["robust_accuracy"]["linf"]) == {"fgsm", "worst-case"}
+
+
+def test_model_modification_is_detected(mnist_setup, mnist_test, tmp_path):
+    import copy
+
+    from trustvision.errors import ModelModifiedError
+    from trustvision.model import Classifier
+
+    class Tamper(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            out = self.inner(x)
+            with torch.no_grad():
+                self.inner[0].bias.add_(1e-3)
+            return out
+
+    clf = Classifier(Tamper(copy.deepcopy(mnist_setup[0])), num_classes=10, channels=1)
+    cfg = AuditConfig(sections=["clean"], n_images=16)
+    with pytest.raises(ModelModifiedError, match="weights changed"):
+        audit(clf, mnist_test, cfg, tmp_path)
+    assert (tmp_path / "results.json").is_file()          # results kept on disk
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    runner = CliRunner()
+    r = runner.invoke(app, ["audit", "--model", str(tmp_path / "missing.safetensors"), "--data", "mnist",
+                            "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2
+    lines = [ln for ln in r.output.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "missing.safetensors" in lines[0]
+
+
+def test_cli_audit_and_attack_end_to_end(mnist_setup, tmp_path):
+    from safetensors.torch import save_file
+    w = tmp_path / "cnn.safetensors"
+    save_file({k: v.contiguous() for k, v in mnist_setup[0].state_dict().items()}, str(w))
+    runner = CliRunner()
+    common = ["--model", str(w), "--arch", "trustvision:smallcnn", "--num-classes", "10", "--channels", "1",
+              "--data", "mnist", "--n", "32"]
+    r = runner.invoke(app, ["audit", *common, "--out", str(tmp_path / "a"), "--attacks", "fgsm,pgd",
+                            "--eps-linf", "0,0.1,0.3", "--fail-under", "robust_accuracy_linf@0.3=0.9"])
+    assert r.exit_code == 1, r.output                      # the gate must fail: MNIST CNN is broken at 0.3
+    assert "FAILED" in r.output and (tmp_path / "a" / "report.html").is_file()
+    r = runner.invoke(app, ["attack", "pgd", *common, "--eps", "0.2", "--out", str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tmp_path / "b" / "pgd.json").read_text())
+    assert summary["success_rate"] > 0.5 and (tmp_path / "b" / "pgd.png").is_file()
+    r = runner.invoke(app, ["attack", "pgd", *common, "--eps", "0.2", "--target", "3", "--out", str(tmp_path / "c")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "c" / "pgd.json").read_text())["target"] == 3
+
+
+def test_summary_metrics_keys(audited):
+    results, _ = audited
+    from trustvision.results import SectionResult
+    secs = {k: SectionResult.from_dict(v) for k, v in results["sections"].items()}
+    assert summary_metrics(secs) == results["summary"]
