@@ -73,14 +73,14 @@ def cached_model(key: dict, build: Callable[[], nn.Module], train: Callable[[nn.
     return module.eval(), path, False
 
 
-def mnist_demo_model(*, seed: int = 0, epochs: int = 3, progress=None) -> tuple[nn.Module, Dataset, Dataset, Path, bool]:
+def mnist_demo_model(*, seed: int = 0, epochs: int = 4, progress=None) -> tuple[nn.Module, Dataset, Dataset, Path, bool]:
     """The demo model: :func:`trustvision.zoo.smallcnn` trained on the bundled MNIST (80/20 seeded split).
 
     Returns (module, train set, test set, weights path, cached?).
     """
     from . import bundled, zoo
     train, test = bundled.load("mnist").split(0.2, seed=seed)
-    key = {"name": "mnist-smallcnn", "seed": seed, "epochs": epochs, "v": 1, "torch": torch.__version__.split("+")[0]}
+    key = {"name": "mnist-smallcnn", "seed": seed, "epochs": epochs, "v": 2, "torch": torch.__version__.split("+")[0]}
     module, path, cached = cached_model(
         key, lambda: zoo.smallcnn(10, 1),
         lambda m: train_classifier(m, train, epochs=epochs, seed=seed, progress=progress))

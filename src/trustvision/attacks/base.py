@@ -160,5 +160,7 @@ def input_gradient(classifier: Classifier, x: Tensor, loss_fn) -> tuple[Tensor, 
     with torch.enable_grad():
         logits = classifier(x)
         loss = loss_fn(logits)
-        (grad,) = torch.autograd.grad(loss.sum(), x)
+        if not loss.requires_grad:        # the model cut the graph (e.g. thresholding): zero gradient
+            return torch.zeros_like(x), logits.detach()
+        (grad,) = torch.autograd.grad(loss.sum(), x, allow_unused=True, materialize_grads=True)
     return grad, logits.detach()
