@@ -85,7 +85,7 @@ class Dataset:
         if c != channels:
             if c == 1 and channels == 3:
                 x = x.repeat(1, 3, 1, 1)
-            elif c == 3 and channels == 1 and bool((x.amax(1) - x.amin(1)).abs().max() < 1e-6):
+            elif c == 3 and channels == 1 and (x.numel() == 0 or bool((x.amax(1) - x.amin(1)).max() < 1e-6)):
                 x = x[:, :1]
             elif c == 3 and channels == 1:
                 raise TrustVisionError(f"dataset {self.name!r} is colour (3 channels) but the model takes 1 channel; "
@@ -138,6 +138,9 @@ def _labels_from(y: np.ndarray, where: str) -> Tensor:
 
 
 def load_npz(path: Path) -> Dataset:
+    import zipfile
+    if not zipfile.is_zipfile(path):
+        raise TrustVisionError(f"{path}: not an .npz archive (save it with numpy.savez(path, x=..., y=...))")
     try:
         with np.load(path, allow_pickle=False) as z:
             missing = {"x", "y"} - set(z.files)
@@ -152,6 +155,10 @@ def load_npz(path: Path) -> Dataset:
     except Exception as e:
         raise TrustVisionError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from None
     yt = _labels_from(y, str(path))
+    if len(x) != len(yt):
+        raise TrustVisionError(f"{path}: x has {len(x)} images but y has {len(yt)} labels")
+    if names is not None and len(yt) and int(yt.max()) >= len(names):
+        raise TrustVisionError(f"{path}: 'labels' has {len(names)} names but y goes up to {int(yt.max())}")
     n_cls = max(int(yt.max()) + 1 if len(yt) else 0, len(names or []))
     return Dataset(_to_nchw(x, str(path)), yt, names or [str(i) for i in range(n_cls)], path.stem)
 
@@ -162,14 +169,14 @@ def _read_image(path: Path) -> np.ndarray:
         with Image.open(path) as im:
             im.load()
             mode = "L" if im.mode in ("L", "1", "I", "I;16", "F") else "RGB"
-            return np.asarray(im.convert(mode))
+            return np.array(im.convert(mode))     # a writable copy (torch.from_numpy warns otherwise)
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise TrustVisionError(f"{path}: corrupt or unreadable image ({e})") from None
 
 
 def load_folder(root: Path, size: tuple[int, int] | None = None) -> Dataset:
     """Folder with one sub-folder per class; classes sorted by name."""
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith((".", "__")))
     if not classes:
         raise TrustVisionError(f"{root}: no class sub-folders (expected root/<class>/<image>)")
     xs, ys, paths = [], [], []
