@@ -154,7 +154,8 @@ def demo(out: OutOpt = Path("trustvision-demo"), n: Annotated[int, typer.Option(
     clf = Classifier(module, num_classes=10, channels=1, labels=[str(i) for i in range(10)], device=device,
                      name="mnist-smallcnn (demo)")
     rob = RobustnessConfig(eps_linf=[0, 0.05, 0.1, 0.15, 0.2, 0.3], eps_l2=[0, 0.5, 1.0, 1.5, 2.0, 3.0],
-                           attack_options={"cw": {"binary_search_steps": 5, "steps": 50}}, seed=seed)
+                           attack_options={"pgd": {"steps": 40}, "pgd-l2": {"steps": 40},   # Madry et al.'s MNIST setting
+                                           "cw": {"binary_search_steps": 5, "steps": 100, "lr": 0.05}}, seed=seed)
     cfg = AuditConfig(n_images=n, seed=seed, robustness=rob, gates=list(fail_under or []))
     raise typer.Exit(_run_audit(clf, test, cfg, out, "mnist (bundled, held-out 20 % split)"))
 
