@@ -1,0 +1,252 @@
+"""Fixed-budget gradient attacks: FGSM and PGD, in L∞ and L2.
+
+* FGSM — Goodfellow, Shlens & Szegedy, "Explaining and Harnessing Adversarial
+  Examples", ICLR 2015: one step of size ``eps`` along the sign of the input
+  gradient (L∞) or along the normalised gradient (L2).
+* PGD — Madry, Makelov, Schmidt, Tsipras & Vladu, "Towards Deep Learning Models
+  Resistant to Adversarial Attacks", ICLR 2018: ``steps`` steepest-ascent steps
+  of size ``alpha`` from a random point of the ball, each followed by a
+  projection onto the ``eps``-ball and onto the [0, 1] box; the best of
+  ``restarts`` runs is kept per example (a success, else the highest loss).
+
+The default step size is ``alpha = 2.5 * eps / steps`` for both norms (the
+rule of Madry et al.'s ``robustness`` library), so the walk can cross the ball
+in fewer than ``steps`` steps.  The loss is cross-entropy (``"ce"``; targeted:
+descend the cross-entropy of the target) or the Carlini-Wagner margin
+(``"margin"``).  Every returned ``x_adv`` lies in [0, 1] and satisfies
+``||x_adv - x|| <= eps`` exactly in fp32 (the last ulps are corrected).
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..errors import TrustVisionError
+from ..model import Classifier
+from .base import NORMS, AttackResult, FixedBudgetAttack, fooled, input_gradient, margin_loss, perturbation_norms
+
+LOSSES = ("ce", "margin")
+DEFAULT_EPS = {"linf": 8 / 255, "l2": 0.5}
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise TrustVisionError(message)
+
+
+def check_number(attack, field: str, *, low: float = 0.0, integer: bool = False, none_ok: bool = False,
+                 strict: bool = False) -> None:
+    """Coerce ``attack.<field>`` to int/float, raising a one-line TrustVisionError naming it when invalid."""
+    v = getattr(attack, field)
+    if v is None and none_ok:
+        return
+    ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(float(v))
+    ok = ok and (float(v).is_integer() if integer else True) and (v > low if strict else v >= low)
+    kind = "an integer" if integer else "a number"
+    _require(ok, f"{attack.name}: {field} must be {kind} {'>' if strict else '>='} {low:g}, got {v!r}")
+    setattr(attack, field, int(v) if integer else float(v))
+
+
+def check_common(attack, *, eps: bool = True) -> None:
+    """Validate the shared constructor arguments of a gradient attack (norm, eps, loss)."""
+    _require(attack.norm in NORMS, f"{attack.name}: norm must be one of {NORMS}, got {attack.norm!r}")
+    if eps:
+        if attack.eps is None:
+            attack.eps = DEFAULT_EPS[attack.norm]
+        check_number(attack, "eps")
+    if hasattr(attack, "loss"):
+        _require(attack.loss in LOSSES, f"{attack.name}: loss must be one of {LOSSES}, got {attack.loss!r}")
+
+
+def attack_loss(kind: str, logits: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
+    """(N,) loss the attack *ascends*: CE of ``y`` (untargeted), minus CE of ``target``, or minus the CW margin."""
+    if kind == "margin":
+        return -margin_loss(logits, y, target, kappa=None)
+    if target is None:
+        return F.cross_entropy(logits, y, reduction="none")
+    return -F.cross_entropy(logits, target, reduction="none")
+
+
+def _bcast(v: Tensor, like: Tensor) -> Tensor:
+    return v.view(-1, *([1] * (like.ndim - 1)))
+
+
+def steepest(grad: Tensor, norm: str) -> Tensor:
+    """Unit-norm steepest-ascent direction (N, ...) for ``grad`` (N, ...): sign (L∞) or grad / ||grad||_2 (L2)."""
+    if norm == "linf":
+        return grad.sign()
+    return grad / _bcast(grad.flatten(1).norm(dim=1) + 1e-10, grad)
+
+
+def project(x: Tensor, x_adv: Tensor, eps: float, norm: str) -> Tensor:
+    """Project ``x_adv`` (N, C, H, W) onto ``{||x_adv - x|| <= eps} ∩ [0, 1]``."""
+    delta = x_adv - x
+    if norm == "linf":
+        delta = delta.clamp(-eps, eps)
+    else:
+        n = delta.flatten(1).norm(dim=1)
+        delta = delta * _bcast(torch.where(n > eps, eps / n, torch.ones_like(n)), delta)
+    return (x + delta).clamp(0, 1)
+
+
+def enforce_budget(x: Tensor, x_adv: Tensor, eps: float, norm: str) -> Tensor:
+    """Correct fp32 rounding so that ``perturbation_norms(x_adv - x) <= eps`` holds exactly (moves a few ulps).
+
+    ``eps`` is first rounded *down* to fp32, so the bound also holds against the Python float.
+    """
+    e32 = torch.tensor(eps, dtype=torch.float32)          # on the host: no device sync
+    if float(e32) > eps:
+        e32 = torch.nextafter(e32, torch.zeros_like(e32))
+    e = float(e32)                                        # exactly representable in fp32
+    if norm == "linf":
+        d = x_adv - x
+        x_adv = torch.where(d.abs() > e, (x + d.sign() * e).clamp(0, 1), x_adv)
+        for _ in range(3):     # each pass moves still-offending pixels one ulp towards x
+            x_adv = torch.where((x_adv - x).abs() > e, torch.nextafter(x_adv, x), x_adv)
+        return x_adv
+    for _ in range(2):
+        n = perturbation_norms(x_adv - x, "l2")
+        scale = torch.where(n > e, e / n.clamp_min(1e-30) * (1 - 1e-6), torch.ones_like(n))
+        x_adv = (x + (x_adv - x) * _bcast(scale, x)).clamp(0, 1)
+    return x_adv
+
+
+def random_start(x: Tensor, eps: float, norm: str, gen: torch.Generator | None) -> Tensor:
+    """(N, ...) noise uniform in the L∞ ball, or uniform in the L2 ball (direction Gaussian, radius eps·u^(1/d))."""
+    if norm == "linf":
+        return (torch.rand(x.shape, generator=gen, device=x.device) * 2 - 1) * eps
+    d = torch.randn(x.shape, generator=gen, device=x.device)
+    u = torch.rand(len(x), generator=gen, device=x.device) ** (1.0 / x[0].numel())
+    return d * _bcast(eps * u / d.flatten(1).norm(dim=1).clamp_min(1e-12), d)
+
+
+def pgd_run(clf: Classifier, x: Tensor, y: Tensor, target: Tensor | None, *, eps: float, norm: str, steps: int,
+            alpha: float, restarts: int, rand: bool, loss: str, gen: torch.Generator | None) -> AttackResult:
+    """The PGD loop shared by FGSM and PGD; see :class:`PGD`.  Only the restart loop syncs with the host."""
+    x = x.clone() if x.is_inference() else x      # tensors made under inference_mode cannot enter autograd
+    idx = None                                    # images still attacked: all in the first run
+    for r in range(restarts):
+        noise = random_start(x, eps, norm, gen) if rand else None   # drawn for the whole batch, so an image's
+        xs, ys, ts = (x, y, target) if idx is None else (           # noise does not depend on who is left
+            x[idx], y[idx], target[idx] if target is not None else None)
+        x_adv = xs if noise is None else (xs + (noise if idx is None else noise[idx])).clamp(0, 1)
+        for _ in range(steps):
+            grad, _ = input_gradient(clf, x_adv, lambda z: attack_loss(loss, z, ys, ts))
+            x_adv = project(xs, x_adv.detach() + alpha * steepest(grad, norm), eps, norm)
+        x_adv = enforce_budget(xs, x_adv, eps, norm)
+        with torch.no_grad():
+            logits = clf(x_adv)
+            value, ok = attack_loss(loss, logits, ys, ts), fooled(logits, ys, ts)
+        if idx is None:
+            best_x, best_logits, best_loss, best_ok = x_adv, logits, value, ok
+            queries = torch.full((len(x),), steps + 1, dtype=torch.long, device=x.device)
+            gradients = torch.full_like(queries, steps)
+        else:                                    # only unfooled images ran: a success, else a higher loss wins
+            better = ok | (value > best_loss[idx])
+            best_x[idx] = torch.where(better.view(-1, *([1] * (x.ndim - 1))), x_adv, best_x[idx])
+            best_logits[idx] = torch.where(better[:, None], logits, best_logits[idx])
+            best_loss[idx] = torch.where(better, value, best_loss[idx])
+            best_ok[idx] = ok
+            queries[idx] += steps + 1
+            gradients[idx] += steps
+        if r + 1 < restarts:                     # one host sync per restart, never per step
+            idx = (~best_ok).nonzero()[:, 0]
+            if len(idx) == 0:
+                break
+    return AttackResult(best_x, best_ok, perturbation_norms(best_x - x, norm), queries, gradients,
+                        {"logits": best_logits, "loss": best_loss})
+
+
+@dataclass
+class FGSM(FixedBudgetAttack):
+    """Fast Gradient Sign Method (Goodfellow et al. 2015), one step of size ``eps``.
+
+    Distance: L∞ (``x + eps·sign(∇)``) or L2 (``x + eps·∇/||∇||₂``), then clipped to [0, 1].
+
+    Args:
+        eps: budget in [0, 1] pixel units (None: 8/255 for L∞, 0.5 for L2).
+        norm: ``"linf"`` or ``"l2"``.
+        loss: ``"ce"`` (cross-entropy) or ``"margin"`` (CW margin).
+
+    Shapes: ``x`` (N, C, H, W) in [0, 1], ``y`` (N,) -> :class:`AttackResult` (x_adv (N, C, H, W), ...);
+    queries = 2 (gradient + final forward), gradients = 1 per image.
+
+    Example::
+
+        res = FGSM(eps=0.1)(clf, x, y)
+        robust_acc = (~res.success).float().mean()
+    """
+
+    name: ClassVar[str] = "fgsm"
+    eps: float | None = None
+    norm: str = "linf"
+    loss: str = "ce"
+
+    def __post_init__(self) -> None:
+        check_common(self)
+
+    def run(self, classifier: Classifier, x: Tensor, y: Tensor, target: Tensor | None) -> AttackResult:
+        return pgd_run(classifier, x, y, target, eps=self.eps, norm=self.norm, steps=1, alpha=self.eps,
+                       restarts=1, rand=False, loss=self.loss, gen=None)
+
+
+@dataclass
+class PGD(FixedBudgetAttack):
+    """Projected Gradient Descent (Madry et al. 2018), L∞ or L2, with random start and restarts.
+
+    Args:
+        eps: budget in [0, 1] pixel units (None: 8/255 for L∞, 0.5 for L2).
+        norm: ``"linf"`` or ``"l2"``.
+        steps: gradient steps per restart (10).
+        alpha: step size; None -> ``2.5 * eps / steps``.
+        restarts: independent random starts; per image the best is kept (a success, else the
+            highest loss).  Later restarts only attack images not yet fooled.  Without
+            ``random_start`` every restart would be identical, so only one is run.
+        random_start: start uniformly in the ball (L∞: uniform box; L2: uniform in the ball).
+        seed: seeds the random starts (None: global RNG).
+        loss: ``"ce"`` or ``"margin"`` (Carlini-Wagner margin, better on saturated models).
+
+    Shapes: ``x`` (N, C, H, W) in [0, 1], ``y`` (N,), ``target`` (N,) or None ->
+    :class:`AttackResult` with ``x_adv`` (N, C, H, W), ``success``/``norms``/``queries``/``gradients`` (N,),
+    ``extras["logits"]`` (N, K) at ``x_adv`` and ``extras["loss"]`` (N,).
+    Per restart an image costs ``steps`` gradients and ``steps + 1`` forward passes.
+
+    Example::
+
+        res = PGD(eps=8 / 255, norm="linf", steps=20, restarts=2, seed=0)(clf, x, y)
+        res_t = PGD(eps=0.3)(clf, x, y, target=torch.zeros_like(y))   # push every image to class 0
+    """
+
+    name: ClassVar[str] = "pgd"
+    eps: float | None = None
+    norm: str = "linf"
+    steps: int = 10
+    alpha: float | None = None
+    restarts: int = 1
+    random_start: bool = True
+    seed: int | None = 0
+    loss: str = "ce"
+
+    def __post_init__(self) -> None:
+        check_common(self)
+        check_number(self, "steps", low=1, integer=True)
+        check_number(self, "restarts", low=1, integer=True)
+        check_number(self, "alpha", strict=True, none_ok=True)
+        check_number(self, "seed", integer=True, none_ok=True)
+        self.random_start = bool(self.random_start)
+
+    @property
+    def step_size(self) -> float:
+        """The step size used: ``alpha`` or ``2.5 * eps / steps``."""
+        return float(self.alpha) if self.alpha is not None else 2.5 * self.eps / self.steps
+
+    def run(self, classifier: Classifier, x: Tensor, y: Tensor, target: Tensor | None) -> AttackResult:
+        return pgd_run(classifier, x, y, target, eps=self.eps, norm=self.norm, steps=self.steps,
+                       alpha=self.step_size, restarts=self.restarts if self.random_start else 1,
+                       rand=self.random_start, loss=self.loss, gen=self.generator(self.seed, x.device))
