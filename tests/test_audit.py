@@ -135,3 +135,17 @@ def test_summary_metrics_keys(audited):
     from trustvision.results import SectionResult
     secs = {k: SectionResult.from_dict(v) for k, v in results["sections"].items()}
     assert summary_metrics(secs) == results["summary"]
+
+
+def test_gradient_masked_model_audit_shows_flags(mnist_setup, mnist_test, tmp_path):
+    """A thresholding 'defence' looks robust to PGD; the audit must say why not to believe it."""
+    from test_soundness import Binarize
+
+    from trustvision.model import Classifier
+    clf = Classifier(Binarize(mnist_setup[0]), num_classes=10, channels=1, name="binarized")
+    cfg = AuditConfig(n_images=48, batch_size=48, robustness=RobustnessConfig(
+        attacks=["fgsm", "pgd"], eps_linf=[0, 0.1, 0.2], check_images=32))
+    res = audit(clf, mnist_test, cfg, tmp_path)
+    codes = {f["code"] for f in res["sections"]["robustness"]["flags"]}
+    assert "zero-gradients" in codes
+    assert res["summary"]["robust_accuracy_linf@0.1"] > 0.5       # the false robustness the flag warns about
