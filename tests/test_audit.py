@@ -149,3 +149,20 @@ def test_gradient_masked_model_audit_shows_flags(mnist_setup, mnist_test, tmp_pa
     codes = {f["code"] for f in res["sections"]["robustness"]["flags"]}
     assert "zero-gradients" in codes
     assert res["summary"]["robust_accuracy_linf@0.1"] > 0.5       # the false robustness the flag warns about
+
+
+def test_bad_config_fails_before_any_work(tmp_path):
+    with pytest.raises(TrustVisionError, match="unknown attack"):
+        RobustnessConfig(attacks=["pgd", "magic"])
+    with pytest.raises(TrustVisionError, match="attack_options"):
+        RobustnessConfig(attack_options={"pgdd": {"steps": 3}})
+    with pytest.raises(TrustVisionError, match="steps"):
+        RobustnessConfig(attack_options={"pgd": {"steps": -1}})
+    bad = tmp_path / "a.toml"
+    bad.write_text("n_images = 10\nbogus = 1\n")
+    with pytest.raises(TrustVisionError, match="unknown key"):
+        AuditConfig.from_toml(bad)
+    bad.write_text("n_images = [")
+    with pytest.raises(TrustVisionError, match="invalid TOML"):
+        AuditConfig.from_toml(bad)
+    assert AuditConfig.from_toml("examples/audit.toml").robustness.attack_options["pgd"]["steps"] == 20

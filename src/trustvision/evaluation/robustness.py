@@ -64,6 +64,11 @@ class RobustnessConfig:
             if any(e < 0 for e in eps):
                 raise TrustVisionError(f"eps_{norm}: budgets must be >= 0, got {eps}")
             setattr(self, f"eps_{norm}", sorted({0.0, *map(float, eps)}))
+        stray = set(self.attack_options) - set(PRESETS)
+        if stray:
+            raise TrustVisionError(f"attack_options: unknown attack(s) {sorted(stray)}; choose from {sorted(PRESETS)}")
+        for name in self.attacks:          # bad options fail now, not after an hour of other attacks
+            self.build(name)
 
     def build(self, name: str):
         """The attack object for preset ``name`` with the user's options applied."""
