@@ -59,7 +59,9 @@ def cached_model(key: dict, build: Callable[[], nn.Module], train: Callable[[nn.
     from safetensors.torch import load_file, save_file
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir() / f"{key.get('name', 'model')}-{digest}.safetensors"
-    module = build()
+    with torch.random.fork_rng():               # seeded initialisation, caller's RNG state untouched
+        torch.manual_seed(int(key.get("seed", 0)))
+        module = build()
     if path.exists():
         try:
             module.load_state_dict(load_file(str(path)))
@@ -80,7 +82,7 @@ def mnist_demo_model(*, seed: int = 0, epochs: int = 4, progress=None) -> tuple[
     """
     from . import bundled, zoo
     train, test = bundled.load("mnist").split(0.2, seed=seed)
-    key = {"name": "mnist-smallcnn", "seed": seed, "epochs": epochs, "v": 2, "torch": torch.__version__.split("+")[0]}
+    key = {"name": "mnist-smallcnn", "seed": seed, "epochs": epochs, "v": 3, "torch": torch.__version__.split("+")[0]}
     module, path, cached = cached_model(
         key, lambda: zoo.smallcnn(10, 1),
         lambda m: train_classifier(m, train, epochs=epochs, seed=seed, progress=progress))
