@@ -25,28 +25,33 @@ from . import __version__
 from .data import Dataset
 from .errors import ModelModifiedError, TrustVisionError
 from .evaluation import RobustnessConfig, clean_section, robustness_section
+from .explain.section import ExplainConfig, explain_section
 from .model import Classifier
 from .progress import Quiet
 from .results import SCHEMA_VERSION, SectionResult, write_json_atomic
 
-SECTIONS = ("clean", "robustness")
+SECTIONS = ("clean", "robustness", "explain")
+DEFAULT_SECTIONS = ("clean", "robustness")          # "explain" is opt-in
 
 
 @dataclass
 class AuditConfig:
     """Everything an audit run depends on (besides the model and the data)."""
 
-    sections: list[str] = field(default_factory=lambda: list(SECTIONS))
+    sections: list[str] = field(default_factory=lambda: list(DEFAULT_SECTIONS))
     n_images: int | None = 500
     batch_size: int = 128
     seed: int = 0
     robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
+    explain: ExplainConfig = field(default_factory=ExplainConfig)
     gates: list[str] = field(default_factory=list)
     resume: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.robustness, dict):
             self.robustness = RobustnessConfig(**self.robustness)
+        if isinstance(self.explain, dict):
+            self.explain = ExplainConfig(**self.explain)
         bad = [s for s in self.sections if s not in SECTIONS]
         if bad:
             raise TrustVisionError(f"unknown section(s) {bad}; choose from {list(SECTIONS)}")
@@ -156,7 +161,7 @@ def audit(clf: Classifier, data: Dataset, config: AuditConfig | None = None, out
     sections: dict[str, SectionResult] = {}
     clean_logits = None
     for name in cfg.sections:
-        sec_cfg = asdict(cfg.robustness) if name == "robustness" else {}
+        sec_cfg = asdict(cfg.robustness) if name == "robustness" else asdict(cfg.explain) if name == "explain" else {}
         fp = _fingerprint(*base_fp, name, sec_cfg)
         path = out / "sections" / f"{name}.json"
         if cfg.resume and path.exists():
@@ -177,6 +182,9 @@ def audit(clf: Classifier, data: Dataset, config: AuditConfig | None = None, out
         if name == "robustness":
             sections[name] = robustness_section(clf, data, clean_logits, cfg.robustness, out_dir=out,
                                                 batch_size=cfg.batch_size, progress=progress)
+        if name == "explain":
+            sections[name] = explain_section(clf, data, clean_logits, cfg.explain, out_dir=out,
+                                             batch_size=cfg.batch_size, progress=progress)
         sections[name].config = {**sections[name].config, "fingerprint": fp}
         write_json_atomic(path, {"fingerprint": fp, "section": sections[name].to_dict()})
     summary = summary_metrics(sections)

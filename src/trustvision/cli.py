@@ -1,4 +1,4 @@
-"""The ``trustvision`` command line (Typer): demo, audit, attack.
+"""The ``trustvision`` command line (Typer): demo, audit, attack, explain (in :mod:`.cli_explain`).
 
 Errors caused by the user's input print one line (``error: ...``) and exit 2;
 a failed ``--fail-under`` gate exits 1; success exits 0.
@@ -222,3 +222,6 @@ def attack(name: Annotated[str, typer.Argument(help="fgsm | pgd | cw | deepfool"
 
 def main() -> None:  # pragma: no cover
     sys.exit(app())
+
+
+from . import cli_explain  # noqa: E402,F401  (registers the ``explain`` command on ``app``)

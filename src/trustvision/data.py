@@ -60,12 +60,16 @@ class Dataset:
         paths = [self.paths[i] for i in idx.tolist()] if self.paths else []
         return Dataset(self.x[idx], self.y[idx], self.labels, self.name, paths)
 
+    def sample_indices(self, n: int | None, seed: int = 0) -> Tensor:
+        """Sorted indices (n,) of a seeded random subset (all indices when ``n`` is None or too large)."""
+        if n is None or n >= len(self):
+            return torch.arange(len(self))
+        g = torch.Generator().manual_seed(seed)
+        return torch.randperm(len(self), generator=g)[:n].sort().values
+
     def sample(self, n: int | None, seed: int = 0) -> "Dataset":
         """A seeded random subset of ``n`` images (all of them when ``n`` is None or too large)."""
-        if n is None or n >= len(self):
-            return self
-        g = torch.Generator().manual_seed(seed)
-        return self.subset(torch.randperm(len(self), generator=g)[:n].sort().values)
+        return self if n is None or n >= len(self) else self.subset(self.sample_indices(n, seed))
 
     def split(self, test_fraction: float = 0.2, seed: int = 0) -> tuple["Dataset", "Dataset"]:
         """Seeded train/test split."""

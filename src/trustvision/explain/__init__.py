@@ -1,0 +1,17 @@
+"""Explanations: class activation maps, their faithfulness, clusters of attention, attention under attack.
+
+* :mod:`.cam` — batched Grad-CAM (Selvaraju et al. 2017), Grad-CAM++ (Chattopadhay et al. 2018),
+  LayerCAM, HiResCAM;
+* :mod:`.faithfulness` — deletion / insertion curves and AUCs (Petsiuk et al. 2018, RISE);
+* :mod:`.clustering` — k-means over maps, per-group cluster distribution, chi-square test
+  (Sakaguchi et al. 2022);
+* :mod:`.section` — the opt-in ``explain`` audit section.
+"""
+from .cam import CAM, METHODS, CAMResult, compute_cams, find_layer, vit_reshape
+from .clustering import Clustering, GroupTest, cluster_maps, group_test, read_groups
+from .faithfulness import FaithfulnessResult, deletion_insertion, random_saliency
+from .section import ExplainConfig, explain_section, top_region_iou
+
+__all__ = ["CAM", "METHODS", "CAMResult", "Clustering", "ExplainConfig", "FaithfulnessResult", "GroupTest",
+           "cluster_maps", "compute_cams", "deletion_insertion", "explain_section", "find_layer", "group_test",
+           "random_saliency", "read_groups", "top_region_iou", "vit_reshape"]

@@ -1,0 +1,229 @@
+"""Class activation maps, batched: Grad-CAM, Grad-CAM++, LayerCAM and HiResCAM.
+
+* Grad-CAM — Selvaraju et al., "Grad-CAM: Visual Explanations from Deep Networks via
+  Gradient-based Localization", ICCV 2017:  ``w_c = mean_ij g_cij``, ``map = ReLU(Σ_c w_c A_c)``.
+* Grad-CAM++ — Chattopadhay et al., "Grad-CAM++: Generalized Gradient-based Visual
+  Explanations for Deep Convolutional Networks", WACV 2018, closed form (exponential score):
+  ``α_cij = g² / (2 g² + (Σ_ab A_cab) g³)`` (0 where the denominator is 0),
+  ``w_c = Σ_ij α_cij ReLU(g_cij)``, ``map = ReLU(Σ_c w_c A_c)``.
+* LayerCAM — Jiang et al., "LayerCAM: Exploring Hierarchical Class Activation Maps for
+  Localization", IEEE TIP 2021:  ``map = ReLU(Σ_c ReLU(g_c) ⊙ A_c)``.
+* HiResCAM — Draelos & Carin 2020:  ``map = ReLU(Σ_c g_c ⊙ A_c)``.
+
+Shapes: images ``x`` (N, C, H, W) in [0, 1]; activations ``A`` and gradients ``g`` of the
+target layer (N, K, h, w); maps (N, H, W) upsampled bilinearly to the input size and, by
+default, min-max normalised per image to [0, 1].
+
+A whole batch takes one forward and one backward pass (the gradient of the *sum* of the
+chosen class scores with respect to the layer's output, via :func:`torch.autograd.grad`):
+no per-image loops, no host round-trips.  The layer's output is detached inside the forward
+hook, so backward stops at the target layer and no parameter ever receives a gradient;
+hooks are removed in a ``finally``.  Images go through the :class:`~trustvision.model.Classifier`,
+so its preprocessing (resize, mean/std) applies.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import TrustVisionError
+from ..model import Classifier
+
+METHODS = ("gradcam", "gradcam++", "layercam", "hirescam")
+Reshape = Callable[[Tensor], Tensor]
+
+
+@dataclass
+class CAMResult:
+    """Maps and what they explain.
+
+    Attributes:
+        maps: (N, H, W) float32 maps (in [0, 1] when normalised), on the classifier's device.
+        target: (N,) int64 explained classes.  logits: (N, num_classes) fp32 clean logits.
+    """
+
+    maps: Tensor
+    target: Tensor
+    logits: Tensor
+
+
+# ------------------------------------------------------------------ layers
+def _has_conv(m: nn.Module) -> bool:
+    return any(isinstance(s, nn.Conv2d) for s in m.modules())
+
+
+def find_layer(module: nn.Module, layer: str | nn.Module | None = None) -> tuple[str, nn.Module]:
+    """The target layer: ``(dotted name, module)``.
+
+    Args:
+        module: the network (``clf.module``).
+        layer: a dotted path (``"layer4"``, ``"features.29"``), a submodule of ``module``, or
+            ``None`` for automatic choice: descend through wrappers that hold a single
+            conv-containing child, then take the *last* child containing an ``nn.Conv2d`` (ResNet:
+            ``layer4``; VGG: ``features``); when that is a bare ``Conv2d`` directly followed by an
+            activation module, the activation (its output is what the head sees).
+    """
+    names = {id(m): n for n, m in module.named_modules()}
+    if isinstance(layer, nn.Module):
+        if id(layer) not in names:
+            raise TrustVisionError("target layer: the given module is not part of the model")
+        return names[id(layer)], layer
+    if layer:
+        try:
+            return layer, module.get_submodule(layer)
+        except AttributeError:
+            some = [n for n, m in module.named_modules() if n and _has_conv(m)][-6:]
+            raise TrustVisionError(f"target layer {layer!r} not found in the model; conv layers include "
+                                   f"{', '.join(some) or 'none'}") from None
+    node, prefix = module, ""
+    while True:
+        kids = [(n, c) for n, c in node.named_children() if _has_conv(c)]
+        if not kids:
+            raise TrustVisionError("no nn.Conv2d in the model: name a target layer (and a reshape for transformers)")
+        if len(kids) == 1 and not isinstance(kids[0][1], nn.Conv2d) and list(kids[0][1].children()):
+            node, prefix = kids[0][1], f"{prefix}{kids[0][0]}."
+            continue
+        name, child = kids[-1]
+        siblings = list(node.named_children())
+        pos = [n for n, _ in siblings].index(name)
+        if isinstance(child, nn.Conv2d) and pos + 1 < len(siblings):
+            nxt_name, nxt = siblings[pos + 1]
+            if isinstance(nxt, (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.ELU)):
+                name, child = nxt_name, nxt
+        return prefix + name, child
+
+
+def vit_reshape(height: int, width: int, skip_tokens: int = 1) -> Reshape:
+    """A reshape for transformer blocks: tokens (N, L, D) -> (N, D, height, width), dropping the first
+    ``skip_tokens`` (class/distillation) tokens."""
+    def reshape(t: Tensor) -> Tensor:
+        if t.ndim != 3 or t.shape[1] - skip_tokens != height * width:
+            raise TrustVisionError(f"reshape: tokens of shape {tuple(t.shape)} do not form a {height}x{width} "
+                                   f"grid after {skip_tokens} skipped token(s)")
+        return t[:, skip_tokens:].reshape(t.shape[0], height, width, t.shape[2]).permute(0, 3, 1, 2)
+    return reshape
+
+
+# ------------------------------------------------------------------ maps
+def cam_from(acts: Tensor, grads: Tensor, method: str) -> Tensor:
+    """Raw maps (N, h, w) from activations and gradients (N, K, h, w) for ``method`` (see module doc)."""
+    if method == "gradcam":
+        weighted = grads.mean((2, 3), keepdim=True) * acts
+    elif method == "gradcam++":
+        g2 = grads * grads
+        denom = 2 * g2 + acts.sum((2, 3), keepdim=True) * g2 * grads
+        alpha = torch.where(denom != 0, g2 / torch.where(denom != 0, denom, torch.ones_like(denom)), 0.0)
+        weighted = (alpha * grads.clamp_min(0)).sum((2, 3), keepdim=True) * acts
+    elif method == "layercam":
+        weighted = grads.clamp_min(0) * acts
+    elif method == "hirescam":
+        weighted = grads * acts
+    else:
+        raise TrustVisionError(f"unknown CAM method {method!r}; choose from {', '.join(METHODS)}")
+    return weighted.sum(1).clamp_min(0)
+
+
+def normalize_maps(maps: Tensor) -> Tensor:
+    """Min-max normalise each map (N, H, W) to [0, 1]; constant maps become 0."""
+    flat = maps.flatten(1)
+    lo, hi = flat.amin(1), flat.amax(1)
+    span = (hi - lo).clamp_min(1e-12).view(-1, 1, 1)
+    return torch.where((hi > lo).view(-1, 1, 1), (maps - lo.view(-1, 1, 1)) / span, torch.zeros_like(maps))
+
+
+def activations_and_grads(clf: Classifier, x: Tensor, target: Tensor | None, layer: nn.Module,
+                          reshape: Reshape | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One forward + one backward: ``(A, g, target, logits)``.
+
+    Args:
+        x: (N, C, H, W) pixels on the classifier's device.  target: (N,) classes or None (predicted).
+        layer: a submodule of ``clf.module``.  reshape: maps the layer output to (N, K, h, w).
+    Returns: A, g (N, K, h, w) detached; target (N,); logits (N, num_classes) detached.
+    """
+    store: list[Tensor] = []
+
+    def hook(_m: nn.Module, _inp, out):
+        if not isinstance(out, Tensor):
+            raise TrustVisionError("target layer returns a tuple/list; choose a layer that returns one tensor")
+        leaf = out.detach().requires_grad_(True)   # backward stops here: no parameter gradients
+        store.append(leaf)
+        return leaf.clone()                         # a non-leaf, so in-place ops after the layer still work
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        with torch.enable_grad():
+            logits = clf(x)
+            if not store:
+                raise TrustVisionError("the target layer was not used in the forward pass")
+            tgt = logits.argmax(1) if target is None else target.to(logits.device, torch.long)
+            if tgt.shape != (len(x),) or bool(((tgt < 0) | (tgt >= clf.num_classes)).any()):
+                raise TrustVisionError(f"CAM targets must be (N,) classes in 0..{clf.num_classes - 1}")
+            acts = store[-1]
+            (grads,) = torch.autograd.grad(logits.gather(1, tgt[:, None]).sum(), acts, allow_unused=True)
+    finally:
+        handle.remove()
+    if grads is None:
+        grads = torch.zeros_like(acts)
+    acts, grads = acts.detach(), grads.detach()
+    if reshape is not None:
+        acts, grads = reshape(acts), reshape(grads)
+    if acts.ndim != 4:
+        raise TrustVisionError(f"target layer output has shape {tuple(acts.shape)}; expected (N, K, h, w) "
+                               "(pass a reshape for token outputs)")
+    return acts.float(), grads.float(), tgt, logits.detach()
+
+
+class CAM:
+    """A batched class-activation-map explainer.
+
+    Args:
+        method: ``"gradcam"``, ``"gradcam++"``, ``"layercam"`` or ``"hirescam"``.
+        layer: target layer (dotted name, submodule or ``None`` for automatic, see :func:`find_layer`).
+        reshape: for token outputs, e.g. ``vit_reshape(14, 14)``.
+        normalize: min-max normalise each map to [0, 1].
+
+    Example::
+
+        res = CAM("gradcam++")(clf, x)        # x (N, C, H, W) in [0, 1] -> res.maps (N, H, W)
+    """
+
+    def __init__(self, method: str = "gradcam++", layer: str | nn.Module | None = None, *,
+                 reshape: Reshape | None = None, normalize: bool = True) -> None:
+        if method not in METHODS:
+            raise TrustVisionError(f"unknown CAM method {method!r}; choose from {', '.join(METHODS)}")
+        self.method, self.layer, self.reshape, self.normalize = method, layer, reshape, normalize
+
+    def layer_name(self, clf: Classifier) -> str:
+        """Dotted name of the layer used for ``clf``."""
+        return find_layer(clf.module, self.layer)[0]
+
+    def __call__(self, clf: Classifier, x: Tensor, target: Tensor | None = None) -> CAMResult:
+        """Maps (N, H, W) for images ``x`` (N, C, H, W) on the classifier's device; ``target`` (N,) or None."""
+        _, layer = find_layer(clf.module, self.layer)
+        acts, grads, tgt, logits = activations_and_grads(clf, x, target, layer, self.reshape)
+        maps = cam_from(acts, grads, self.method)
+        maps = F.interpolate(maps[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        return CAMResult(normalize_maps(maps) if self.normalize else maps, tgt, logits)
+
+
+def compute_cams(clf: Classifier, x: Tensor, target: Tensor | None = None, *, method: str = "gradcam++",
+                 layer: str | nn.Module | None = None, batch_size: int = 128,
+                 reshape: Reshape | None = None) -> CAMResult:
+    """:class:`CAM` over a whole tensor (any device) in device batches; results on the CPU.
+
+    Args: x (N, C, H, W) in [0, 1]; target (N,) or None.  Returns maps (N, H, W), target (N,), logits (N, K).
+    """
+    cam = CAM(method, layer, reshape=reshape)
+    parts = []
+    for i in range(0, len(x), batch_size):
+        t = None if target is None else target[i:i + batch_size].to(clf.device)
+        r = cam(clf, x[i:i + batch_size].to(clf.device), t)
+        parts.append((r.maps.cpu(), r.target.cpu(), r.logits.cpu()))
+    if not parts:
+        return CAMResult(torch.zeros(0, *x.shape[-2:]), torch.zeros(0, dtype=torch.long),
+                         torch.zeros(0, clf.num_classes))
+    return CAMResult(*(torch.cat(p) for p in zip(*parts)))

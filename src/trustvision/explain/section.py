@@ -1,0 +1,225 @@
+"""The ``explain`` audit section: CAMs, faithfulness, clusters of attention, attention under attack.
+
+Steps (each documented in its module):
+
+1. Grad-CAM++ (or another :data:`~.cam.METHODS` entry) maps of the evaluated images for the
+   predicted (or true) class — :mod:`.cam`;
+2. deletion/insertion AUCs of those maps against a seeded random map (Petsiuk et al. 2018) —
+   :mod:`.faithfulness`;
+3. k-means clusters of the maps, their mean maps, and the chi-square test of whether classes
+   (and user-given groups) fall into different clusters (Sakaguchi et al. 2022) — :mod:`.clustering`;
+4. attention under attack: maps of clean and adversarial images (a preset attack of the
+   robustness section) and the IoU of their top-``top_fraction`` regions.
+
+Shapes: images (N, C, H, W) in [0, 1], maps (N, H, W).  Opt-in (not in the default audit).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..data import Dataset
+from ..errors import TrustVisionError
+from ..model import Classifier
+from ..progress import Quiet
+from ..results import Figure, Flag, SectionResult, Table
+from .cam import METHODS, compute_cams, find_layer
+from .clustering import cluster_maps, group_test
+from .faithfulness import deletion_insertion, random_saliency
+
+
+@dataclass
+class ExplainConfig:
+    """What the explain section runs.
+
+    ``clusters`` is ``"auto"`` (silhouette over ``k_range``) or an int; ``groups`` is one group
+    label per evaluated image (e.g. from :func:`~.clustering.read_groups`); ``attack`` is a
+    robustness preset (``pgd``, ``fgsm``, ``pgd-l2``, ``cw``, ``deepfool``...) with ``attack_options``.
+    """
+
+    method: str = "gradcam++"
+    layer: str | None = None
+    target: str = "predicted"
+    max_images: int | None = 500
+    clusters: str | int = "auto"
+    k_range: list[int] = field(default_factory=lambda: [2, 8])
+    faithfulness_images: int = 128
+    steps: int = 28
+    deletion_baseline: str = "zero"
+    attack: str | None = "pgd"
+    attack_options: dict = field(default_factory=dict)
+    attack_images: int = 64
+    top_fraction: float = 0.2
+    n_examples: int = 8
+    groups: list[str] | None = None
+    groups_source: str = ""
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise TrustVisionError(f"explain method {self.method!r} unknown; choose from {', '.join(METHODS)}")
+        if self.target not in ("predicted", "true"):
+            raise TrustVisionError(f"explain target must be 'predicted' or 'true', got {self.target!r}")
+        if isinstance(self.clusters, str) and self.clusters != "auto":
+            try:
+                self.clusters = int(self.clusters)
+            except ValueError:
+                raise TrustVisionError(f"--clusters must be 'auto' or an integer, got {self.clusters!r}") from None
+        if not 0 < self.top_fraction <= 1:
+            raise TrustVisionError(f"top_fraction must lie in (0, 1], got {self.top_fraction}")
+        if self.attack is not None:
+            self.build_attack()
+
+    def build_attack(self):
+        """The attack for 'attention under attack' (a robustness preset with ``attack_options``)."""
+        from ..evaluation.robustness import RobustnessConfig
+        rob = RobustnessConfig(attacks=[self.attack], attack_options={self.attack: dict(self.attack_options)},
+                               seed=self.seed)
+        return rob.build(self.attack)
+
+    def describe(self) -> dict:
+        """Config for the section record (group labels summarised, not listed)."""
+        d = asdict(self)
+        d["groups"] = None if self.groups is None else f"{len(self.groups)} labels, {len(set(self.groups))} groups"
+        return d
+
+
+def top_region_iou(a: Tensor, b: Tensor, fraction: float = 0.2) -> Tensor:
+    """IoU (N,) of the top-``fraction`` pixels of maps ``a`` and ``b`` (N, H, W) (ties by position order)."""
+    flat_a, flat_b = a.flatten(1), b.flatten(1)
+    k = max(1, int(round(fraction * flat_a.shape[1])))
+    ma = torch.zeros_like(flat_a, dtype=torch.bool).scatter_(1, flat_a.topk(k, 1).indices, True)
+    mb = torch.zeros_like(flat_b, dtype=torch.bool).scatter_(1, flat_b.topk(k, 1).indices, True)
+    return (ma & mb).sum(1).float() / (ma | mb).sum(1).float()
+
+
+def _attention_under_attack(cfg: ExplainConfig, clf: Classifier, data: Dataset, correct: Tensor, batch_size: int):
+    from ..evaluation.robustness import run_batched
+    idx = correct.nonzero()[:cfg.attack_images, 0]
+    if cfg.attack is None or len(idx) == 0:
+        return None
+    x, y = data.x[idx], data.y[idx]
+    res = run_batched(cfg.build_attack(), clf, x, y, batch_size)
+    clean = compute_cams(clf, x, y, method=cfg.method, layer=cfg.layer, batch_size=batch_size)
+    adv = compute_cams(clf, res.x_adv, None, method=cfg.method, layer=cfg.layer, batch_size=batch_size)
+    iou = top_region_iou(clean.maps, adv.maps, cfg.top_fraction)
+    return {"index": idx, "x": x, "x_adv": res.x_adv, "cam": clean.maps, "cam_adv": adv.maps,
+            "pred": clean.target, "pred_adv": adv.target, "success": res.success, "iou": iou}
+
+
+def explain_section(clf: Classifier, data: Dataset, clean_logits: Tensor, cfg: ExplainConfig | None = None, *,
+                    out_dir: Path | None = None, batch_size: int = 128, progress=None) -> SectionResult:
+    """Run the explain section on ``data`` (x (N, C, H, W), y (N,) CPU); ``clean_logits`` (N, K)."""
+    from ..report import explain_figures as figs
+    cfg = cfg or ExplainConfig()
+    progress = progress or Quiet()
+    t0 = time.perf_counter()
+    if cfg.groups is not None and len(cfg.groups) != len(data):
+        raise TrustVisionError(f"explain groups: {len(cfg.groups)} labels but {len(data)} evaluated images "
+                               "(set n_images to None or give one label per evaluated image)")
+    n = len(data) if cfg.max_images is None else min(cfg.max_images, len(data))
+    x, y = data.x[:n], data.y[:n]
+    advance = progress.task(f"explain ({cfg.method})", 4)
+    cams = compute_cams(clf, x, y if cfg.target == "true" else None, method=cfg.method, layer=cfg.layer,
+                        batch_size=batch_size)
+    layer_name = find_layer(clf.module, cfg.layer)[0]
+    advance(1)
+    nf = min(cfg.faithfulness_images, n)
+    fa = deletion_insertion(clf, x[:nf], cams.maps[:nf], cams.target[:nf], steps=cfg.steps,
+                            deletion_baseline=cfg.deletion_baseline, batch_size=batch_size, seed=cfg.seed)
+    fr = deletion_insertion(clf, x[:nf], random_saliency((nf, *x.shape[-2:]), cfg.seed), cams.target[:nf],
+                            steps=cfg.steps, deletion_baseline=cfg.deletion_baseline, batch_size=batch_size,
+                            seed=cfg.seed)
+    advance(1)
+    k = None if cfg.clusters == "auto" else int(cfg.clusters)
+    cl = cluster_maps(cams.maps, k, k_range=tuple(cfg.k_range), seed=cfg.seed)
+    by_class = group_test(cl.labels, [clf.labels[int(t)] for t in cams.target], cl.k)
+    by_group = None
+    if cfg.groups is not None:              # images the groups file does not mention stay out of the test
+        keep = np.array([g != "(none)" for g in cfg.groups[:n]], dtype=bool)
+        by_group = group_test(cl.labels[keep], [g for g, k_ in zip(cfg.groups[:n], keep) if k_], cl.k)
+    advance(1)
+    shift = _attention_under_attack(cfg, clf, data, clean_logits.argmax(1) == data.y, batch_size)
+    advance(1)
+
+    metrics = {"method": cfg.method, "layer": layer_name, "n_images": n, "faithfulness_images": nf,
+               "deletion_auc": float(fa.deletion_auc.mean()), "insertion_auc": float(fa.insertion_auc.mean()),
+               "random_deletion_auc": float(fr.deletion_auc.mean()),
+               "random_insertion_auc": float(fr.insertion_auc.mean()),
+               "clusters": cl.k, "silhouette": {str(k_): v for k_, v in cl.silhouette.items()},
+               "class_cluster_p_value": by_class.p_value, "class_cluster_cramers_v": by_class.cramers_v}
+    tables = [Table("Clusters of attention", ["cluster", "images", "share"],
+                    [[c, int(s), float(s) / n] for c, s in enumerate(cl.sizes)]),
+              _group_table(f"Explained class × cluster (chi-square p = {_p(by_class.p_value)})", by_class)]
+    flags = []
+    if by_group is not None:
+        metrics.update(group_cluster_p_value=by_group.p_value, group_cluster_cramers_v=by_group.cramers_v)
+        tables.append(_group_table(f"Group × cluster ({cfg.groups_source or 'groups'}; chi-square p = "
+                                   f"{_p(by_group.p_value)})", by_group))
+        if by_group.p_value is not None and by_group.p_value < 0.05:
+            flags.append(Flag("explain_groups_differ", "info",
+                              f"groups fall into different attention clusters (chi-square p = {by_group.p_value:.3g}, "
+                              f"Cramér's V = {by_group.cramers_v:.2f}): the model looks at different regions per group.",
+                              {"p_value": by_group.p_value}))
+    if metrics["deletion_auc"] >= metrics["random_deletion_auc"]:
+        flags.append(Flag("explain_unfaithful", "warning",
+                          f"{cfg.method} maps are no more faithful than random maps (deletion AUC "
+                          f"{metrics['deletion_auc']:.3f} vs random {metrics['random_deletion_auc']:.3f}); "
+                          "try another target layer (--layer) or method before reading the maps.",
+                          {"layer": layer_name}))
+    if shift is not None:
+        ok, iou = shift["success"], shift["iou"]
+        metrics["attention_shift"] = {"attack": cfg.attack, "images": len(iou), "attack_success": float(ok.float().mean()),
+                                      "iou_mean": float(iou.mean()),
+                                      "iou_fooled": float(iou[ok].mean()) if ok.any() else None,
+                                      "iou_not_fooled": float(iou[~ok].mean()) if (~ok).any() else None}
+        s = metrics["attention_shift"]
+        tables.append(Table(f"Attention under attack ({cfg.attack}; IoU of top {cfg.top_fraction:.0%} regions)",
+                            ["images", "count", "mean IoU"],
+                            [["all", len(iou), s["iou_mean"]], ["attack succeeded", int(ok.sum()), s["iou_fooled"]],
+                             ["attack failed", int((~ok).sum()), s["iou_not_fooled"]]]))
+    sec = SectionResult("explain", f"Explanations ({cfg.method}) and attention", metrics, tables, flags=flags,
+                        config=cfg.describe())
+    sec.examples = [{"cluster": c, "members": m[:cfg.n_examples]} for c, m in enumerate(cl.members)]
+    if out_dir is not None:
+        _write(sec, out_dir, figs, clf, x, cams, cl, fa, fr, shift, cfg)
+    sec.seconds = time.perf_counter() - t0
+    return sec
+
+
+def _p(p: float | None) -> str:
+    return "n/a" if p is None else f"{p:.3g}"
+
+
+def _group_table(title: str, g) -> Table:
+    return Table(title, ["group"] + [f"cluster {c}" for c in range(g.table.shape[1])],
+                 [[name] + row.tolist() for name, row in zip(g.groups, g.table)])
+
+
+def _write(sec: SectionResult, out: Path, figs, clf, x, cams, cl, fa, fr, shift, cfg: ExplainConfig) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    figs.cluster_centers(cl.centers, cl.sizes, cl.members, x, cams.maps, out / "explain_clusters.png")
+    sec.figures.append(Figure("Clusters of attention", "explain_clusters.png",
+                              "Each row: a cluster's mean map (its representative region of attention), then the "
+                              "members closest to it with their maps."))
+    figs.faithfulness_curves(fa.fractions, {cfg.method: (fa.deletion, fa.insertion),
+                                            "random": (fr.deletion, fr.insertion)}, out / "explain_faithfulness.png")
+    sec.figures.append(Figure("Deletion and insertion curves", "explain_faithfulness.png",
+                              "Probability of the explained class as the most salient pixels are removed (left) or "
+                              "restored from a blurred image (right); a faithful map beats the random one."))
+    saved = {"maps": cams.maps.numpy().astype(np.float16), "target": cams.target.numpy(),
+             "cluster": cl.labels, "centers": cl.centers.numpy()}
+    if shift is not None:
+        figs.cam_grid(shift["x"], shift["cam"], shift["x_adv"], shift["cam_adv"], shift["pred"], shift["pred_adv"],
+                      shift["iou"], clf.labels, out / "explain_attack.png", max_examples=cfg.n_examples)
+        sec.figures.append(Figure(f"Attention under attack ({cfg.attack})", "explain_attack.png",
+                                  "Original | its map | adversarial | its map (for the adversarial prediction); "
+                                  "IoU of the top regions of the two maps."))
+        saved.update(adv_index=shift["index"].numpy(), adv_iou=shift["iou"].numpy(),
+                     adv_maps=shift["cam_adv"].numpy().astype(np.float16))
+    np.savez_compressed(out / "explain_maps.npz", **saved)
