@@ -24,10 +24,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as dt
-import json
-import platform
-import re
-import subprocess
 import time
 from pathlib import Path
 
@@ -35,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from common import device_name, load_average, write_results   # bench/common.py
 from trustvision import attacks as tv
 from trustvision.model import Classifier
 
@@ -51,27 +48,6 @@ class PixelModel(nn.Module):
 
     def forward(self, x):
         return self.clf(x)
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=5).stdout
-        m = re.search(r"Model name:\s*(.+)", out)
-        if m:
-            return m.group(1).strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return platform.processor() or platform.machine()
-
-
-def load_average() -> float | None:
-    """1-minute load average when the run starts (shared machines make CPU timings noisy)."""
-    try:
-        return round(__import__("os").getloadavg()[0], 2)
-    except (OSError, AttributeError):
-        return None
 
 
 def build_models(names: list[str], device: torch.device, opts: dict, n: int):
@@ -268,11 +244,8 @@ def main() -> None:
     meta["total_seconds"] = round(time.perf_counter() - t0, 1)
     md = table(results)
     print("\n" + md)
-    slug = "cpu" if device.type == "cpu" else re.sub(r"[^a-z0-9]+", "-", meta["device_name"].lower()).strip("-")
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"attacks-{meta['date']}-{slug}"
     flags = ", ".join(["bf16" if args.bf16 else "fp32"] + [f for f in ("channels_last", "compile") if opts[f]])
-    stem.with_suffix(".md").write_text(
+    write_results(args.out, "attacks", meta, device,
         f"# Attack benchmark {meta['date']}\n\n"
         f"- device: {meta['device_name']} ({meta['device']}, {meta['threads']} threads, "
         f"load average {meta['load_average_1min']} at start), options: {flags}\n"
@@ -286,9 +259,7 @@ def main() -> None:
         "and the '(ours …)' figures come from trustvision on those same images\n"
         "- `cw-l2 c=1 100 steps` is the same algorithm in both libraries; `cw-l2 search 9x100` is CW with each library's defaults (ours: Adam lr 0.05, ART: lr 0.01) and "
         "its binary search (ART adds a line search); DeepFool: torchattacks loops over images and applies the "
-        "overshoot per step.\n\n" + md + "\n")
-    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
-    print(f"\nwrote {stem}.md and .json")
+        "overshoot per step.\n\n" + md + "\n", results)
 
 
 if __name__ == "__main__":

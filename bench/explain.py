@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
-import re
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from attacks import PixelModel, device_name, load_average   # bench/attacks.py (same folder)
+from attacks import PixelModel   # bench/attacks.py (same folder)
+from common import device_name, load_average, write_results   # bench/common.py
 from trustvision.explain import CAM, find_layer
 from trustvision.model import Classifier
 
@@ -131,10 +130,7 @@ def main() -> None:
         rows += bench_model(name, clf, x, args)
     md_table = table(rows)
     print("\n" + md_table)
-    slug = "cpu" if device.type == "cpu" else re.sub(r"[^a-z0-9]+", "-", meta["device_name"].lower()).strip("-")
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"explain-{meta['date']}-{slug}"
-    stem.with_suffix(".md").write_text(
+    write_results(args.out, "explain", meta, device,
         f"# CAM benchmark {meta['date']}\n\n"
         f"- device: {meta['device_name']} ({meta['device']}, {meta['threads']} threads, load average "
         f"{meta['load_average_1min']} at start); torch {meta['torch']}, grad-cam {meta['grad_cam']}\n"
@@ -142,9 +138,7 @@ def main() -> None:
         f"best of {args.repeats}; same model, layer (automatic choice) and target classes (predicted)\n"
         "- images/s until normalised maps at input resolution exist (ours: a tensor on the device; "
         "pytorch-grad-cam: a NumPy array); ours / peer > 1: trustvision faster; min corr: the smallest "
-        "per-image Pearson correlation between the two libraries' maps\n\n" + md_table + "\n")
-    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
-    print(f"\nwrote {stem}.md and .json")
+        "per-image Pearson correlation between the two libraries' maps\n\n" + md_table + "\n", rows)
 
 
 if __name__ == "__main__":

@@ -2,25 +2,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
 from trustvision import bundled
 from trustvision.data import Dataset, load_dataset
-from trustvision.errors import TrustVisionError
-
-
-def error(fn: Callable[[], object]) -> str:
-    """The TrustVisionError message of ``fn()``; it must be a single line."""
-    with pytest.raises(TrustVisionError) as info:
-        fn()
-    msg = str(info.value)
-    assert "\n" not in msg, msg
-    return msg
+from helpers import error
 
 
 def _rng(seed: int = 0) -> np.random.Generator:

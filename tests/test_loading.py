@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from trustvision.errors import TrustVisionError
+from helpers import error
 from trustvision.loading import check_logits, load_model
 from trustvision.model import Classifier
 from trustvision.zoo import mlp, smallcnn
@@ -39,15 +38,6 @@ def same_logits(clf: Classifier, module: nn.Module, x: torch.Tensor) -> None:
         ref = module(x)
         got = clf(x)
     torch.testing.assert_close(got, ref, rtol=0, atol=1e-6)
-
-
-def error(fn: Callable[[], object]) -> str:
-    """The TrustVisionError message of ``fn()``; it must be a single line."""
-    with pytest.raises(TrustVisionError) as info:
-        fn()
-    msg = str(info.value)
-    assert "\n" not in msg, msg
-    return msg
 
 
 FACTORY = """
