@@ -1,0 +1,289 @@
+"""Randomized smoothing: Cohen, Rosenfeld & Kolter, "Certified Adversarial Robustness via
+Randomized Smoothing", ICML 2019.
+
+The smoothed classifier is ``g(x) = argmax_c P(f(x + ε) = c)`` with ``ε ~ N(0, σ² I)``, where
+``f`` is the base classifier (the argmax of a :class:`~trustvision.model.Classifier`'s logits).
+If the top class has probability ``p_A ≥ p̲_A > 1/2``, ``g`` is constant on the L2 ball of
+radius ``σ·Φ⁻¹(p̲_A)`` around ``x`` (their Theorem 1 with ``p̄_B = 1 − p̲_A``).
+
+* **PREDICT** (their Algorithm 2 / Theorem 2): ``n`` noise samples; with the counts ``n_A ≥ n_B``
+  of the top two classes, return the top class when the two-sided binomial test of ``n_A`` in
+  ``n_A + n_B`` trials against ``p = 1/2`` has ``p-value ≤ α``, else abstain (:data:`ABSTAIN`).
+  The returned class differs from ``g(x)`` with probability at most ``α``.
+* **CERTIFY** (Algorithm 1): ``n0`` selection samples pick ``ĉ_A``; ``n`` fresh estimation
+  samples count ``n_A``; ``p̲_A = Beta⁻¹(α; n_A, n − n_A + 1)`` is the one-sided ``(1 − α)``
+  Clopper-Pearson lower bound; abstain when ``p̲_A < 1/2``, else certify ``ĉ_A`` with radius
+  ``σ·Φ⁻¹(p̲_A)``.  Defaults ``n0 = 100``, ``n = 100 000``, ``α = 0.001`` (the paper's).
+* :meth:`Smoothed.smoothed_logits`: the log of the mean softmax over ``m`` noise draws, a
+  differentiable surrogate of ``g`` — the objective that Salman et al., "Provably Robust Deep
+  Learning via Adversarially Trained Smoothed Classifiers", NeurIPS 2019, attack with PGD
+  (expectation over the noise).  :meth:`Smoothed.as_classifier` wraps it so that every attack
+  of :mod:`trustvision.attacks` can target the smoothed classifier.
+
+Noise sampling runs at the forward-pass floor: the ``N × n`` (image, sample) pairs are laid out
+flat and cut into forward batches of ``batch_size`` (one batch holds many images when ``n`` is
+small, one image's samples span many batches when it is large); each batch is one ``randn`` on
+the device from a seeded generator, one forward pass under ``torch.inference_mode`` (bf16 via the
+Classifier's ``precision``), one argmax and one ``scatter_add_`` into the ``(N, K)`` counts on the
+device.  Nothing in the loop waits for the host.  Noise is added to [0, 1] pixels without
+clamping, so radii are L2 distances in pixel units, the units of attack budgets.
+
+Shapes: images ``x`` ``(N, C, H, W)`` in [0, 1] (any device; moved to the classifier's); counts
+``(N, K)`` int64; predictions ``(N,)`` int64 with ``-1`` = abstain; radii and bounds ``(N,)``
+float64.  Results are returned on the CPU.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Sequence
+
+import numpy as np
+import torch
+from scipy.stats import beta, binom, norm
+from torch import Tensor, nn
+
+from ..attacks.gradient import check_number
+from ..errors import TrustVisionError
+from ..model import Classifier
+
+ABSTAIN = -1
+
+
+# ------------------------------------------------------------------ statistics
+def clopper_pearson_lower(successes: np.ndarray | Sequence[int] | int, trials: np.ndarray | Sequence[int] | int,
+                          alpha: float) -> np.ndarray:
+    """One-sided ``(1 − alpha)`` Clopper-Pearson lower bound on a binomial proportion, elementwise.
+
+    ``Beta⁻¹(alpha; k, n − k + 1)`` and 0 where ``k = 0``; equal to the lower end of the two-sided
+    interval at level ``2·alpha`` (``statsmodels``' ``proportion_confint(k, n, 2 * alpha, "beta")``).
+    """
+    k = np.asarray(successes, dtype=np.float64)
+    n = np.asarray(trials, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        lower = beta.ppf(alpha, np.maximum(k, 1e-300), n - k + 1)
+    return np.where(k > 0, lower, 0.0)
+
+
+def binomial_p_value(n_a: np.ndarray | Sequence[int] | int, n_b: np.ndarray | Sequence[int] | int) -> np.ndarray:
+    """Two-sided p-value of ``n_a`` successes in ``n_a + n_b`` trials against ``p = 1/2``, elementwise.
+
+    Equals ``scipy.stats.binomtest(n_a, n_a + n_b, 0.5).pvalue``: by symmetry ``min(1, 2·F(min(n_a, n_b)))``
+    with ``F`` the Bin(n_a + n_b, 1/2) distribution function.
+    """
+    a, b = np.asarray(n_a, dtype=np.int64), np.asarray(n_b, dtype=np.int64)
+    return np.minimum(1.0, 2.0 * binom.cdf(np.minimum(a, b), a + b, 0.5))
+
+
+def radius_from_bound(p_lower: np.ndarray, sigma: float) -> np.ndarray:
+    """Certified L2 radius ``σ·Φ⁻¹(p̲_A)`` where ``p̲_A ≥ 1/2``, and 0 elsewhere (abstentions)."""
+    p = np.asarray(p_lower, dtype=np.float64)
+    return np.where(p >= 0.5, sigma * norm.ppf(np.maximum(p, 0.5)), 0.0)
+
+
+def max_certifiable_radius(sigma: float, n: int, alpha: float) -> float:
+    """The largest radius CERTIFY can return with ``n`` samples: every sample votes ``ĉ_A``, ``p̲_A = α^(1/n)``."""
+    return float(sigma * norm.ppf(alpha ** (1.0 / n)))
+
+
+def check_settings(obj, *, fields: Sequence[str] = ("sigma", "n0", "n", "alpha", "batch_size", "seed")) -> None:
+    """Validate smoothing settings on ``obj`` (a :class:`Smoothed` or a section config) with one-line errors."""
+    for f in fields:
+        if f == "sigma":
+            check_number(obj, f, strict=True)
+        elif f == "alpha":
+            check_number(obj, f, strict=True)
+            if obj.alpha >= 1:
+                raise TrustVisionError(f"{obj.name}: alpha must lie in (0, 1), got {obj.alpha!r}")
+        elif f == "seed":
+            check_number(obj, f, integer=True)
+        else:
+            check_number(obj, f, low=1, integer=True)
+
+
+# ------------------------------------------------------------------ results
+@dataclass
+class _Decisions:
+    prediction: Tensor
+
+    @property
+    def abstained(self) -> Tensor:
+        """(N,) bool: where the smoothed classifier abstained."""
+        return self.prediction == ABSTAIN
+
+
+@dataclass
+class PredictResult(_Decisions):
+    """PREDICT on N images: ``prediction`` (N,) int64 (-1 = abstain), ``p_value`` (N,) float64 of the
+    binomial test, ``counts`` (N, K) int64 votes of the base classifier over the ``n`` noise samples."""
+
+    p_value: Tensor
+    counts: Tensor
+
+
+@dataclass
+class CertifyResult(_Decisions):
+    """CERTIFY on N images.
+
+    Attributes:
+        prediction: (N,) int64 certified class ``ĉ_A``, -1 where it abstained.
+        radius: (N,) float64 certified L2 radius (0 where it abstained).
+        p_lower: (N,) float64 Clopper-Pearson lower bound ``p̲_A``.
+        selection_counts: (N, K) int64 votes over the ``n0`` selection samples.
+        counts: (N, K) int64 votes over the ``n`` estimation samples.
+    """
+
+    radius: Tensor
+    p_lower: Tensor
+    selection_counts: Tensor
+    counts: Tensor
+
+    def certified(self, y: Tensor, r: float) -> Tensor:
+        """(N,) bool: certified correct at radius ``r`` (prediction = y and radius ≥ r)."""
+        return (self.prediction == y.cpu()) & (self.radius >= r)
+
+    def certified_accuracy(self, y: Tensor, radii: Sequence[float]) -> list[float]:
+        """Certified accuracy (share of all N images) at each radius of ``radii``."""
+        return [float(self.certified(y, float(r)).double().mean()) if len(y) else 0.0 for r in radii]
+
+
+# ------------------------------------------------------------------ the smoothed classifier
+class Smoothed:
+    """The Gaussian-smoothed version of ``classifier`` (Cohen et al. 2019).
+
+    Args:
+        classifier: the base classifier (its precision/channels-last options apply to every pass).
+        sigma: noise standard deviation in [0, 1] pixel units.
+        n0: selection samples of CERTIFY (100).
+        n: estimation samples of CERTIFY and samples of PREDICT (100 000).
+        alpha: failure probability of PREDICT and CERTIFY (0.001).
+        batch_size: noisy images per forward pass (several images share a batch when ``n`` is small).
+        seed: seeds the noise; every call starts from it, so the same inputs give the same results
+            on the same device and batch size.
+
+    Example::
+
+        sm = Smoothed(clf, sigma=0.25)
+        res = sm.certify(x)                 # res.prediction (N,), res.radius (N,)
+        acc = res.certified_accuracy(y, [0, 0.25, 0.5])
+        robust = PGD(eps=0.5, norm="l2")(sm.as_classifier(m=32), x, y)   # attack g itself
+    """
+
+    name: ClassVar[str] = "smoothing"
+
+    def __init__(self, classifier: Classifier, sigma: float, *, n0: int = 100, n: int = 100_000,
+                 alpha: float = 0.001, batch_size: int = 1000, seed: int = 0) -> None:
+        self.classifier = classifier
+        self.sigma, self.n0, self.n, self.alpha, self.batch_size, self.seed = sigma, n0, n, alpha, batch_size, seed
+        check_settings(self)
+
+    def config(self) -> dict:
+        """Settings, for results.json."""
+        return {"sigma": self.sigma, "n0": self.n0, "n": self.n, "alpha": self.alpha,
+                "batch_size": self.batch_size, "seed": self.seed}
+
+    def generator(self) -> torch.Generator:
+        """A fresh generator on the classifier's device seeded with ``seed``."""
+        return torch.Generator(device=self.classifier.device).manual_seed(int(self.seed))
+
+    def _inputs(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor) or x.ndim != 4:
+            raise TrustVisionError(f"smoothing: images must be a N,C,H,W tensor, got {tuple(getattr(x, 'shape', ()))}")
+        return x.to(self.classifier.device, torch.float32)
+
+    def batches(self, images: int, samples: int) -> int:
+        """Forward passes that ``samples`` noise draws for each of ``images`` images take."""
+        return -(-images * samples // self.batch_size)
+
+    def sample_counts(self, x: Tensor, samples: int, generator: torch.Generator,
+                      advance: Callable[[int], None] | None = None) -> Tensor:
+        """Votes (N, K) int64, on the device, of the base classifier over ``samples`` noisy copies of each image.
+
+        ``x`` (N, C, H, W); ``advance(1)`` is called after each forward batch (progress bars).
+        """
+        clf, x = self.classifier, self._inputs(x)
+        k, total, bs = clf.num_classes, len(x) * samples, self.batch_size
+        counts = torch.zeros(len(x) * k, dtype=torch.long, device=clf.device)
+        with torch.inference_mode():
+            ones = torch.ones(bs, dtype=torch.long, device=clf.device)
+            for start in range(0, total, bs):                 # a loop over batches, never over samples
+                stop = min(start + bs, total)
+                owner = torch.arange(start, stop, device=clf.device) // samples
+                noisy = torch.randn((stop - start, *x.shape[1:]), generator=generator, device=clf.device)
+                noisy.mul_(self.sigma).add_(x.index_select(0, owner))
+                votes = clf(noisy).argmax(1)
+                counts.scatter_add_(0, owner * k + votes, ones[:stop - start])
+                if advance is not None:
+                    advance(1)
+        return counts.view(len(x), k)
+
+    def predict(self, x: Tensor, *, advance: Callable[[int], None] | None = None) -> PredictResult:
+        """PREDICT for images ``x`` (N, C, H, W): ``n`` samples, binomial test at level ``alpha``."""
+        counts = self.sample_counts(x, self.n, self.generator(), advance)
+        top = counts.topk(2, dim=1)
+        p_value = binomial_p_value(top.values[:, 0].cpu().numpy(), top.values[:, 1].cpu().numpy())
+        pred = torch.where(torch.from_numpy(p_value <= self.alpha), top.indices[:, 0].cpu(), ABSTAIN)
+        return PredictResult(pred, torch.from_numpy(p_value), counts.cpu())
+
+    def certify(self, x: Tensor, *, advance: Callable[[int], None] | None = None) -> CertifyResult:
+        """CERTIFY for images ``x`` (N, C, H, W): ``n0`` selection and ``n`` estimation samples, level ``alpha``."""
+        gen = self.generator()
+        selection = self.sample_counts(x, self.n0, gen, advance)
+        guess = selection.argmax(1)
+        counts = self.sample_counts(x, self.n, gen, advance)        # fresh draws from the same stream
+        n_a = counts.gather(1, guess[:, None])[:, 0].cpu().numpy()
+        p_lower = clopper_pearson_lower(n_a, self.n, self.alpha)
+        ok = torch.from_numpy(p_lower >= 0.5)
+        return CertifyResult(torch.where(ok, guess.cpu(), ABSTAIN), torch.from_numpy(radius_from_bound(p_lower, self.sigma)),
+                             torch.from_numpy(p_lower), selection.cpu(), counts.cpu())
+
+    def smoothed_logits(self, x: Tensor, m: int, generator: torch.Generator | None = None) -> Tensor:
+        """(N, K) log of the mean softmax of the base classifier over ``m`` noisy copies of ``x`` (N, C, H, W).
+
+        Differentiable in ``x`` (one forward pass of N·m images); its softmax is the Monte-Carlo
+        estimate of the smoothed soft classifier, and its cross-entropy is Salman et al.'s attack loss.
+        """
+        noise = torch.randn((len(x), int(m), *x.shape[1:]), generator=generator, device=x.device, dtype=x.dtype)
+        logits = self.classifier((x[:, None] + self.sigma * noise).flatten(0, 1))
+        return torch.logsumexp(logits.log_softmax(1).view(len(x), int(m), -1), dim=1) - math.log(m)
+
+    def as_classifier(self, m: int = 32, seed: int | None = None) -> Classifier:
+        """A :class:`Classifier` whose logits are :meth:`smoothed_logits` with ``m`` fresh draws per call.
+
+        For attacking the smoothed classifier (expectation over the noise); ``seed`` (default: ``seed``)
+        seeds its noise stream.
+        """
+        if not (isinstance(m, int) and m >= 1):
+            raise TrustVisionError(f"smoothing: m (noise draws per attack step) must be an integer >= 1, got {m!r}")
+        clf = self.classifier
+        module = _SmoothedModule(self, m, self.seed if seed is None else seed).eval()
+        return Classifier(module, num_classes=clf.num_classes, channels=clf.channels, labels=clf.labels,
+                          device=clf.device, name=f"{clf.name} smoothed (sigma={self.sigma:g}, m={m})")
+
+
+class _SmoothedModule(nn.Module):
+    """nn.Module view of :meth:`Smoothed.smoothed_logits` (no parameters; its own seeded noise stream)."""
+
+    def __init__(self, smoothed: Smoothed, m: int, seed: int) -> None:
+        super().__init__()
+        self.smoothed, self.m = smoothed, m
+        self.gen = torch.Generator(device=smoothed.classifier.device).manual_seed(int(seed))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.smoothed.smoothed_logits(x, self.m, self.gen)
+
+
+def noise_trained_mnist(sigma: float = 0.25, *, seed: int = 0, epochs: int = 4, progress=None):
+    """:func:`trustvision.zoo.smallcnn` trained with Gaussian noise ``sigma`` on the bundled MNIST (80/20 split).
+
+    Cached like the demo model.  Returns (module, train set, test set, weights path, cached?).
+    """
+    from .. import bundled, zoo
+    from ..training import cached_model, train_classifier
+    train, test = bundled.load("mnist").split(0.2, seed=seed)
+    key = {"name": "mnist-smallcnn-noise", "sigma": float(sigma), "seed": seed, "epochs": epochs, "v": 1,
+           "torch": torch.__version__.split("+")[0]}
+    module, path, cached = cached_model(
+        key, lambda: zoo.smallcnn(10, 1),
+        lambda mod: train_classifier(mod, train, epochs=epochs, seed=seed, noise_sigma=sigma, progress=progress))
+    return module, train, test, path, cached
