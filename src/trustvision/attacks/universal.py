@@ -1,0 +1,323 @@
+"""Universal adversarial perturbations (UAPs): one image-agnostic ``v`` that fools a model on most images.
+
+Three generators, untargeted and targeted, L∞ and L2, all mini-batched on the device:
+
+* ``method="fgsm"`` — the simple iterative method of Hirano & Takemoto, "Simple iterative method for
+  generating targeted universal adversarial perturbations", Algorithms 13(11) 268, 2020 (also used by
+  Minagi, Hirano & Takemoto, J. Imaging 2022, with non-domain natural images).  The paper (like ART)
+  walks the images one at a time; here, per mini-batch, every image not yet fooled (untargeted) or not
+  yet at the target (targeted) takes an FGSM step from ``x + v``, the steps of those images are
+  averaged, and ``v`` is projected onto the budget.  An update is kept only if it raises the success
+  (fooling rate, or targeted success) on that mini-batch — ties: if it moves the mean cross-entropy the
+  right way — the batched analogue of the paper's "update only when the label changes/reaches the target".
+* ``method="deepfool"`` — Moosavi-Dezfooli, Fawzi, Fawzi & Frossard, "Universal adversarial
+  perturbations", CVPR 2017, Algorithm 1, with the batched :class:`~.deepfool.DeepFool` (untargeted
+  only): per mini-batch, DeepFool's minimal perturbations of the unfooled ``x + v`` are averaged,
+  added to ``v`` and projected.
+* ``method="sgd"`` — Shafahi, Najibi, Xu, Dickerson, Davis & Goldstein, "Universal adversarial
+  training", AAAI 2020: sign-gradient (L∞) / normalised-gradient (L2) ascent on the mini-batch sum of
+  a clamped cross-entropy ``min(CE(x + v, ŷ), β)`` (targeted: ``-max(CE(x + v, t), β_t)``).
+
+Budget: absolute ``eps`` or ``zeta`` (ζ), the ratio ``||v|| / mean_i ||x_i||`` over *reference*
+images — the evaluation images by convention (Hirano & Takemoto) — in the same norm.  ``v`` always
+satisfies ``||v|| <= eps`` exactly in fp32; images are perturbed as ``clip(x + v, 0, 1)``.
+
+Untargeted labels are the model's clean predictions ``ŷ`` (source images may be unlabelled).
+Shapes: build images ``x`` (N, C, H, W) in [0, 1]; ``v`` (1, C, H, W).  The fooling rate (or targeted
+success) on the build images is measured after every pass (one host sync per pass), the loop stops at
+``max_passes`` or once it reaches ``stop_rate``.  With ``out_dir`` the state (``v`` + pass index) is
+checkpointed after every pass to ``uap_checkpoint.npy``/``.json`` and a later call resumes from it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..errors import TrustVisionError
+from ..model import Classifier
+from .base import NORMS, perturbation_norms
+from .deepfool import DeepFool
+from .gradient import check_number, steepest
+
+METHODS = ("fgsm", "deepfool", "sgd")
+
+
+def mean_norm(x: Tensor, norm: str) -> float:
+    """Mean over images of ``||x_i||`` (``x`` (N, C, H, W)) in ``norm`` — the denominator of ζ."""
+    if norm not in NORMS:
+        raise TrustVisionError(f"norm must be one of {NORMS}, got {norm!r}")
+    if len(x) == 0:
+        raise TrustVisionError("zeta needs reference images, got none")
+    return float(perturbation_norms(x.float(), norm).mean())
+
+
+def project_v(v: Tensor, eps: float, norm: str) -> Tensor:
+    """Project ``v`` (1, C, H, W) onto the ``eps`` ball so that ``||v|| <= eps`` holds exactly in fp32."""
+    e32 = torch.tensor(eps, dtype=torch.float32)
+    if float(e32) > eps:
+        e32 = torch.nextafter(e32, torch.zeros_like(e32))
+    e = float(e32)
+    if norm == "linf":
+        return v.clamp(-e, e)
+    for _ in range(2):                       # second pass fixes the rare fp32 rounding overshoot
+        n = v.flatten(1).norm(dim=1).view(-1, *([1] * (v.ndim - 1)))
+        v = v * torch.where(n > e, e / n.clamp_min(1e-30) * (1 - 1e-6), torch.ones_like(n))
+    return v
+
+
+@dataclass
+class UAPResult:
+    """A universal perturbation and how it was made.
+
+    Attributes:
+        v: (1, C, H, W) the perturbation (on the classifier's device); apply as ``clip(x + v, 0, 1)``.
+        eps: absolute budget ``||v|| <= eps`` in ``norm``.  zeta: ζ if the budget was given as ζ, else
+            ``eps / reference_norm`` when a reference was given, else None.
+        curve: fooling rate (untargeted) or targeted success (targeted) on the build images after each pass
+            (``curve[0]`` is before the first pass, i.e. at ``v`` of the starting point).
+        passes: passes done in total (including resumed ones).  converged: reached ``stop_rate``.
+    """
+
+    v: Tensor
+    norm: str
+    eps: float
+    zeta: float | None
+    budget: str
+    method: str
+    target: int | None
+    curve: list[float]
+    passes: int
+    converged: bool
+    seconds: float
+    seconds_per_pass: list[float] = field(default_factory=list)
+    reference_norm: float | None = None
+    resumed_from: int = 0
+
+    def describe(self) -> dict:
+        """JSON-ready summary (without ``v``)."""
+        d = {k: v for k, v in asdict(self).items() if k != "v"}
+        d["v_norm"] = float(perturbation_norms(self.v, self.norm)[0])
+        return d
+
+
+@dataclass
+class UniversalPerturbation:
+    """Generator of a universal adversarial perturbation (see the module docstring for the papers).
+
+    Args:
+        method: ``"fgsm"`` (Hirano & Takemoto 2020), ``"deepfool"`` (Moosavi-Dezfooli et al. 2017,
+            untargeted only) or ``"sgd"`` (Shafahi et al. 2020).
+        norm: ``"l2"`` or ``"linf"``.
+        eps: absolute budget; or ``zeta``: budget as a share of the mean norm of the reference images.
+        max_passes: passes over the build images at most (10).
+        stop_rate: stop once the build-set fooling rate (targeted: success) reaches it (0.8, ART's
+            ``1 - delta``).
+        batch_size: images per mini-batch (64).
+        step: step size per mini-batch for ``fgsm``/``sgd`` (None: ``2 * eps`` for ``fgsm``, so that the
+            mean FGSM direction of a batch — shortened by disagreement — can reach the budget; ``0.5 * eps``
+            for ``sgd``; tuned on MNIST, see docs/universal.md).
+        beta: clamp of the untargeted cross-entropy for ``sgd`` (9); ``beta_targeted`` (0.1) for targeted.
+        deepfool_iter, overshoot: DeepFool's iterations (10) and overshoot (0.02) for ``deepfool``.
+        seed: seeds the per-pass shuffles (pass ``k`` uses ``seed`` and ``k``, so resuming reproduces).
+
+    Example::
+
+        res = UniversalPerturbation(method="fgsm", norm="l2", zeta=0.04).generate(clf, x_src, reference=x_eval)
+        x_adv = (x_eval + res.v).clamp(0, 1)
+    """
+
+    name: ClassVar[str] = "uap"
+    method: str = "fgsm"
+    norm: str = "l2"
+    eps: float | None = None
+    zeta: float | None = None
+    max_passes: int = 10
+    stop_rate: float = 0.8
+    batch_size: int = 64
+    step: float | None = None
+    beta: float = 9.0
+    beta_targeted: float = 0.1
+    deepfool_iter: int = 10
+    overshoot: float = 0.02
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise TrustVisionError(f"uap: method must be one of {METHODS}, got {self.method!r}")
+        if self.norm not in NORMS:
+            raise TrustVisionError(f"uap: norm must be one of {NORMS}, got {self.norm!r}")
+        if (self.eps is None) == (self.zeta is None):
+            raise TrustVisionError("uap: give exactly one budget, eps (absolute) or zeta (relative)")
+        check_number(self, "eps", strict=True, none_ok=True)
+        check_number(self, "zeta", strict=True, none_ok=True)
+        check_number(self, "max_passes", low=1, integer=True)
+        check_number(self, "batch_size", low=1, integer=True)
+        check_number(self, "step", strict=True, none_ok=True)
+        check_number(self, "deepfool_iter", low=1, integer=True)
+        check_number(self, "seed", integer=True)
+        if not 0 < self.stop_rate <= 1:
+            raise TrustVisionError(f"uap: stop_rate must lie in (0, 1], got {self.stop_rate}")
+
+    # ------------------------------------------------------------------ budget
+    def resolve_eps(self, reference: Tensor | None) -> tuple[float, float | None, float | None]:
+        """(eps, zeta, reference mean norm) for this budget; ζ needs ``reference`` (N, C, H, W)."""
+        ref = mean_norm(reference, self.norm) if reference is not None else None
+        if self.zeta is not None:
+            if ref is None:
+                raise TrustVisionError("uap: a zeta budget needs reference (evaluation) images")
+            return self.zeta * ref, self.zeta, ref
+        return float(self.eps), (self.eps / ref if ref else None), ref
+
+    # ------------------------------------------------------------------ steps
+    def _fgsm(self, clf: Classifier, xb: Tensor, v: Tensor, lab: Tensor, t: Tensor | None, step: float,
+              eps: float) -> Tensor:
+        xv = (xb + v).clamp(0, 1).requires_grad_(True)
+        with torch.enable_grad():
+            logits = clf(xv)
+            ce = F.cross_entropy(logits, t if t is not None else lab, reduction="none")
+            (g,) = torch.autograd.grad((-ce if t is not None else ce).sum(), xv)
+        with torch.no_grad():
+            pred = logits.argmax(1)
+            todo = (pred != t) if t is not None else (pred == lab)
+            w = todo.float().view(-1, 1, 1, 1)
+            upd = (steepest(g, self.norm) * w).sum(0, keepdim=True) / w.sum().clamp_min(1)
+            v_new = project_v(v + step * upd, eps, self.norm)
+            logits_new = clf((xb + v_new).clamp(0, 1))             # accept only if the batch's success rises
+            if t is None:
+                s_old, s_new = (pred != lab).float().mean(), (logits_new.argmax(1) != lab).float().mean()
+                tie = F.cross_entropy(logits_new, lab) > ce.mean()
+            else:
+                s_old, s_new = (pred == t).float().mean(), (logits_new.argmax(1) == t).float().mean()
+                tie = F.cross_entropy(logits_new, t) < ce.mean()
+            return torch.where((s_new > s_old) | ((s_new == s_old) & tie), v_new, v)
+
+    def _deepfool(self, clf: Classifier, xb: Tensor, v: Tensor, lab: Tensor, eps: float) -> Tensor:
+        xv = (xb + v).clamp(0, 1)
+        with torch.no_grad():
+            todo = clf(xv).argmax(1) == lab
+        res = DeepFool(norm=self.norm, max_iter=self.deepfool_iter, overshoot=self.overshoot)(clf, xv, lab)
+        with torch.no_grad():
+            w = (todo & res.success).float().view(-1, 1, 1, 1)
+            r = ((res.x_adv - xv) * w).sum(0, keepdim=True) / w.sum().clamp_min(1)
+            return project_v(v + r, eps, self.norm)
+
+    def _sgd(self, clf: Classifier, xb: Tensor, v: Tensor, lab: Tensor, t: Tensor | None, step: float,
+             eps: float) -> Tensor:
+        vv = v.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = clf((xb + vv).clamp(0, 1))
+            if t is None:
+                loss = F.cross_entropy(logits, lab, reduction="none").clamp(max=self.beta)
+            else:
+                loss = -F.cross_entropy(logits, t, reduction="none").clamp(min=self.beta_targeted)
+            (g,) = torch.autograd.grad(loss.sum(), vv)
+        return project_v(v + step * steepest(g, self.norm), eps, self.norm)
+
+    # ------------------------------------------------------------------ main loop
+    def _rate(self, clf: Classifier, x: Tensor, v: Tensor, lab: Tensor, t: Tensor | None) -> Tensor:
+        """Device scalar: fooling rate (or targeted success) of ``v`` on all build images."""
+        hits = []
+        with torch.inference_mode():
+            for i in range(0, len(x), self.batch_size * 4):
+                pred = clf((x[i:i + self.batch_size * 4] + v).clamp(0, 1)).argmax(1)
+                hits.append((pred == t[:len(pred)]) if t is not None else (pred != lab[i:i + len(pred)]))
+        return torch.cat(hits).float().mean()
+
+    def generate(self, classifier: Classifier, x: Tensor, *, target: int | None = None,
+                 reference: Tensor | None = None, out_dir: str | Path | None = None,
+                 resume: bool = True) -> UAPResult:
+        """Build a UAP from images ``x`` (N, C, H, W) in [0, 1] (labels: the model's clean predictions).
+
+        Args:
+            target: target class for a targeted UAP (None: untargeted).
+            reference: (M, C, H, W) images whose mean norm defines ζ (the evaluation images).
+            out_dir: checkpoint folder (``uap_checkpoint.npy``/``.json`` written after every pass).
+            resume: continue from a matching checkpoint in ``out_dir``.
+        Returns: :class:`UAPResult` with ``v`` (1, C, H, W).
+        """
+        clf, dev = classifier, classifier.device
+        if x.ndim != 4 or len(x) == 0:
+            raise TrustVisionError(f"uap: build images must be a non-empty N,C,H,W tensor, got {tuple(x.shape)}")
+        if target is not None and not 0 <= int(target) < clf.num_classes:
+            raise TrustVisionError(f"uap: --target must lie in [0, {clf.num_classes - 1}], got {target}")
+        if target is not None and self.method == "deepfool":
+            raise TrustVisionError("uap: method 'deepfool' is untargeted only; use fgsm or sgd with --target")
+        eps, zeta, ref = self.resolve_eps(reference)
+        step = self.step if self.step is not None else (2.0 if self.method == "fgsm" else 0.5) * eps
+        x = x.to(dev, torch.float32)
+        x = x.clone() if x.is_inference() else x
+        with torch.inference_mode():
+            lab = torch.cat([clf(x[i:i + 256]).argmax(1) for i in range(0, len(x), 256)]).clone()
+        t_all = None if target is None else torch.full((len(x),), int(target), dtype=torch.long, device=dev)
+        v = torch.zeros(1, *x.shape[1:], device=dev)
+        start, curve, times = 0, [], []
+        ckpt = _Checkpoint(out_dir, self._fingerprint(clf, x, target, eps)) if out_dir is not None else None
+        if ckpt is not None and resume and (state := ckpt.load()) is not None:
+            v, start, curve, times = state[0].to(dev), state[1], state[2], state[3]
+        if not curve:
+            curve = [float(self._rate(clf, x, v, lab, t_all))]
+        t0 = time.perf_counter()
+        k = start
+        while k < self.max_passes and curve[-1] < self.stop_rate:
+            tp = time.perf_counter()
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + k)
+            perm = torch.randperm(len(x), generator=g).to(dev)
+            for i in range(0, len(x), self.batch_size):
+                idx = perm[i:i + self.batch_size]
+                xb, lb = x[idx], lab[idx]
+                tb = None if t_all is None else t_all[:len(idx)]
+                if self.method == "fgsm":
+                    v = self._fgsm(clf, xb, v, lb, tb, step, eps)
+                elif self.method == "deepfool":
+                    v = self._deepfool(clf, xb, v, lb, eps)
+                else:
+                    v = self._sgd(clf, xb, v, lb, tb, step, eps)
+            v = v.detach()
+            curve.append(float(self._rate(clf, x, v, lab, t_all)))   # the one host sync per pass
+            k += 1
+            times.append(time.perf_counter() - tp)
+            if ckpt is not None:
+                ckpt.save(v, k, curve, times)
+        return UAPResult(v, self.norm, eps, zeta, "zeta" if self.zeta is not None else "eps", self.method,
+                         target, curve, k, curve[-1] >= self.stop_rate, time.perf_counter() - t0, times, ref, start)
+
+    def _fingerprint(self, clf: Classifier, x: Tensor, target: int | None, eps: float) -> str:
+        h = hashlib.sha256(json.dumps({**asdict(self), "max_passes": None, "target": target, "eps": eps},
+                                      sort_keys=True).encode())
+        h.update(x.detach().cpu().numpy().tobytes())
+        h.update(clf.weights_hash().encode())
+        return h.hexdigest()[:20]
+
+
+class _Checkpoint:
+    """``v`` + pass index + curve in ``out_dir/uap_checkpoint.{npy,json}``, keyed by a fingerprint."""
+
+    def __init__(self, out_dir: str | Path, fingerprint: str) -> None:
+        self.dir, self.fp = Path(out_dir), fingerprint
+        self.npy, self.meta = self.dir / "uap_checkpoint.npy", self.dir / "uap_checkpoint.json"
+
+    def load(self) -> tuple[Tensor, int, list[float], list[float]] | None:
+        try:
+            meta = json.loads(self.meta.read_text())
+            if meta.get("fingerprint") != self.fp:
+                return None
+            return torch.from_numpy(np.load(self.npy)), int(meta["pass"]), list(meta["curve"]), list(meta["times"])
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def save(self, v: Tensor, k: int, curve: list[float], times: list[float]) -> None:
+        from ..results import write_json_atomic
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.npy.with_suffix(".tmp.npy")
+        np.save(tmp, v.detach().cpu().numpy())
+        tmp.replace(self.npy)
+        write_json_atomic(self.meta, {"fingerprint": self.fp, "pass": k, "curve": curve, "times": times})
