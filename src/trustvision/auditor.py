@@ -25,13 +25,15 @@ from . import __version__
 from .data import Dataset
 from .errors import ModelModifiedError, TrustVisionError
 from .evaluation import RobustnessConfig, clean_section, robustness_section
+from .evaluation.certify import CertifyConfig, certify_section
+from .evaluation.uap_section import UAPConfig, uap_section
 from .explain.section import ExplainConfig, explain_section
 from .model import Classifier
 from .progress import Quiet
 from .results import SCHEMA_VERSION, SectionResult, write_json_atomic
 
-SECTIONS = ("clean", "robustness", "explain")
-DEFAULT_SECTIONS = ("clean", "robustness")          # "explain" is opt-in
+SECTIONS = ("clean", "robustness", "explain", "certify", "uap")
+DEFAULT_SECTIONS = ("clean", "robustness")          # "explain", "certify" and "uap" are opt-in
 
 
 @dataclass
@@ -44,6 +46,8 @@ class AuditConfig:
     seed: int = 0
     robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
     explain: ExplainConfig = field(default_factory=ExplainConfig)
+    certify: CertifyConfig = field(default_factory=CertifyConfig)
+    uap: UAPConfig = field(default_factory=UAPConfig)
     gates: list[str] = field(default_factory=list)
     resume: bool = True
 
@@ -52,6 +56,10 @@ class AuditConfig:
             self.robustness = RobustnessConfig(**self.robustness)
         if isinstance(self.explain, dict):
             self.explain = ExplainConfig(**self.explain)
+        if isinstance(self.certify, dict):
+            self.certify = CertifyConfig(**self.certify)
+        if isinstance(self.uap, dict):
+            self.uap = UAPConfig(**self.uap)
         bad = [s for s in self.sections if s not in SECTIONS]
         if bad:
             raise TrustVisionError(f"unknown section(s) {bad}; choose from {list(SECTIONS)}")
@@ -104,6 +112,9 @@ def summary_metrics(sections: dict[str, SectionResult]) -> dict[str, float]:
             for eps, acc in curve.items():
                 if float(eps) > 0:
                     out[f"robust_accuracy_{norm}@{float(eps):.6g}"] = acc
+    if "certify" in sections:
+        for r, acc in sections["certify"].metrics.get("certified_accuracy", {}).items():
+            out[f"certified_accuracy@{float(r):.6g}"] = acc
     return out
 
 
@@ -162,6 +173,8 @@ def audit(clf: Classifier, data: Dataset, config: AuditConfig | None = None, out
     clean_logits = None
     for name in cfg.sections:
         sec_cfg = asdict(cfg.robustness) if name == "robustness" else asdict(cfg.explain) if name == "explain" else {}
+        sec_cfg = asdict(cfg.certify) if name == "certify" else sec_cfg
+        sec_cfg = asdict(cfg.uap) if name == "uap" else sec_cfg
         fp = _fingerprint(*base_fp, name, sec_cfg)
         path = out / "sections" / f"{name}.json"
         if cfg.resume and path.exists():
@@ -185,6 +198,11 @@ def audit(clf: Classifier, data: Dataset, config: AuditConfig | None = None, out
         if name == "explain":
             sections[name] = explain_section(clf, data, clean_logits, cfg.explain, out_dir=out,
                                              batch_size=cfg.batch_size, progress=progress)
+        if name == "certify":
+            sections[name] = certify_section(clf, data, cfg.certify, out_dir=out, progress=progress)
+        if name == "uap":
+            sections[name] = uap_section(clf, data, clean_logits, cfg.uap, out_dir=out, batch_size=cfg.batch_size,
+                                         progress=progress)
         sections[name].config = {**sections[name].config, "fingerprint": fp}
         write_json_atomic(path, {"fingerprint": fp, "section": sections[name].to_dict()})
     summary = summary_metrics(sections)

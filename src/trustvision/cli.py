@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table as RichTable
 
 from .errors import TrustVisionError
@@ -109,8 +110,8 @@ def print_summary(results: dict, out: Path) -> int:
     flags = [(s, f) for s, sec in results["sections"].items() for f in sec.get("flags", [])]
     colour = {"error": "bold red", "warning": "yellow", "info": "cyan"}
     for s, f in flags:
-        console.print(f"[{colour[f['severity']]}]{f['severity']}[/] [{s}] {f['code']}: {f['message']}",
-                      highlight=False)
+        console.print(f"[{colour[f['severity']]}]{f['severity']}[/] {escape(f'[{s}]')} {f['code']}: "
+                      f"{escape(f['message'])}", highlight=False)
     if not flags:
         console.print("[green]no soundness flags raised[/green]")
     code = 0
@@ -225,3 +226,5 @@ def main() -> None:  # pragma: no cover
 
 
 from . import cli_explain  # noqa: E402,F401  (registers the ``explain`` command on ``app``)
+from . import cli_certify  # noqa: E402,F401  (registers the ``certify`` command on ``app``)
+from . import cli_uap  # noqa: E402,F401  (registers the ``uap`` command on ``app``)
