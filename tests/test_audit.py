@@ -166,3 +166,16 @@ def test_bad_config_fails_before_any_work(tmp_path):
     with pytest.raises(TrustVisionError, match="invalid TOML"):
         AuditConfig.from_toml(bad)
     assert AuditConfig.from_toml("examples/audit.toml").robustness.attack_options["pgd"]["steps"] == 20
+
+
+def test_demo_command_end_to_end(tmp_path):
+    """`trustvision demo` on a few images: exit 0, results.json with both sections, report written."""
+    runner = CliRunner()
+    out = tmp_path / "demo"
+    r = runner.invoke(app, ["demo", "--n", "16", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["sections"]) == {"clean", "robustness"}
+    assert {"fgsm", "pgd", "pgd-l2", "cw", "deepfool"} <= set(
+        results["sections"]["robustness"]["metrics"]["attack_seconds"])
+    assert (out / "report.html").is_file() and "trustvision summary" in r.output
