@@ -100,7 +100,7 @@ def main() -> None:
     random.seed(args.seed)          # ART shuffles the image order with Python's global `random`
     np.random.seed(args.seed)
     t0 = time.perf_counter()
-    x_adv = attack.generate(xa)
+    attack.generate(xa)           # the UAP is read from attack.noise below
     t_art = time.perf_counter() - t0
     v_art = torch.from_numpy(np.asarray(attack.noise, dtype=np.float32)).reshape(1, *x_build.shape[1:])
     r_art = fooling_rates(clf, x_eval, v_art, norm="l2", seed=args.seed)
