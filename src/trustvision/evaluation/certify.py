@@ -11,7 +11,7 @@ Opt-in: not in the default audit (100 000 samples per image are costly).
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import ClassVar
 
