@@ -15,7 +15,7 @@ import datetime as _dt
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +153,21 @@ def data_fingerprint(data: Dataset) -> str:
     return _fingerprint(data.x.contiguous().numpy().tobytes(), data.y.numpy().tobytes())
 
 
+def _run_section(name: str, clf: Classifier, data: Dataset, clean_logits: torch.Tensor, cfg: AuditConfig, out: Path,
+                 progress) -> SectionResult:
+    """Run one non-clean section with its own configuration (``cfg.<name>``)."""
+    common = {"out_dir": out, "progress": progress}
+    if name == "robustness":
+        return robustness_section(clf, data, clean_logits, cfg.robustness, batch_size=cfg.batch_size, **common)
+    if name == "explain":
+        return explain_section(clf, data, clean_logits, cfg.explain, batch_size=cfg.batch_size, **common)
+    if name == "certify":
+        return certify_section(clf, data, cfg.certify, **common)
+    if name == "uap":
+        return uap_section(clf, data, clean_logits, cfg.uap, batch_size=cfg.batch_size, **common)
+    raise TrustVisionError(f"unknown section {name!r}; choose from {list(SECTIONS)}")
+
+
 def audit(clf: Classifier, data: Dataset, config: AuditConfig | None = None, out_dir: str | Path = "trustvision-out",
           *, data_spec: str = "", progress=None, console=None) -> dict:
     """Run the configured sections and write ``results.json`` and ``report.html`` into ``out_dir``.
@@ -172,9 +187,7 @@ def audit(clf: Classifier, data: Dataset, config: AuditConfig | None = None, out
     sections: dict[str, SectionResult] = {}
     clean_logits = None
     for name in cfg.sections:
-        sec_cfg = asdict(cfg.robustness) if name == "robustness" else asdict(cfg.explain) if name == "explain" else {}
-        sec_cfg = asdict(cfg.certify) if name == "certify" else sec_cfg
-        sec_cfg = asdict(cfg.uap) if name == "uap" else sec_cfg
+        sec_cfg = asdict(getattr(cfg, name)) if is_dataclass(getattr(cfg, name, None)) else {}
         fp = _fingerprint(*base_fp, name, sec_cfg)
         path = out / "sections" / f"{name}.json"
         if cfg.resume and path.exists():
@@ -190,19 +203,7 @@ def audit(clf: Classifier, data: Dataset, config: AuditConfig | None = None, out
         torch.manual_seed(cfg.seed)
         if name == "clean" or clean_logits is None:
             sec, clean_logits = clean_section(clf, data, batch_size=cfg.batch_size, progress=progress)
-            if name == "clean":
-                sections[name] = sec
-        if name == "robustness":
-            sections[name] = robustness_section(clf, data, clean_logits, cfg.robustness, out_dir=out,
-                                                batch_size=cfg.batch_size, progress=progress)
-        if name == "explain":
-            sections[name] = explain_section(clf, data, clean_logits, cfg.explain, out_dir=out,
-                                             batch_size=cfg.batch_size, progress=progress)
-        if name == "certify":
-            sections[name] = certify_section(clf, data, cfg.certify, out_dir=out, progress=progress)
-        if name == "uap":
-            sections[name] = uap_section(clf, data, clean_logits, cfg.uap, out_dir=out, batch_size=cfg.batch_size,
-                                         progress=progress)
+        sections[name] = sec if name == "clean" else _run_section(name, clf, data, clean_logits, cfg, out, progress)
         sections[name].config = {**sections[name].config, "fingerprint": fp}
         write_json_atomic(path, {"fingerprint": fp, "section": sections[name].to_dict()})
     summary = summary_metrics(sections)
