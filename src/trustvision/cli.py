@@ -228,3 +228,5 @@ def main() -> None:  # pragma: no cover
 from . import cli_explain  # noqa: E402,F401  (registers the ``explain`` command on ``app``)
 from . import cli_certify  # noqa: E402,F401  (registers the ``certify`` command on ``app``)
 from . import cli_uap  # noqa: E402,F401  (registers the ``uap`` command on ``app``)
+from . import cli_train  # noqa: E402,F401  (registers the ``train`` command on ``app``)
+from . import cli_zeroshot  # noqa: E402,F401  (registers the ``zeroshot`` command on ``app``)

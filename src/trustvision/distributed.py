@@ -1,0 +1,89 @@
+"""torchrun helpers: one code path for 1 process and for ``torchrun --nproc-per-node N``.
+
+``torchrun`` sets ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``;
+:func:`init` reads them and starts a process group (``nccl`` on CUDA, ``gloo`` on the CPU).
+Without them it returns a single-process :class:`Dist` and nothing is initialised, so the trainer
+never needs a special case.  Rank 0 writes files (:attr:`Dist.main`); metrics are summed across
+ranks with :meth:`Dist.sum`.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as tdist
+from torch import Tensor
+
+from .errors import TrustVisionError
+
+
+@dataclass(frozen=True)
+class Dist:
+    """Where this process stands: ``rank`` of ``world`` processes; ``device`` to run on."""
+
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        """True on the process that writes files and prints (rank 0)."""
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        """True when a process group with more than one process is running."""
+        return self.world > 1 and tdist.is_available() and tdist.is_initialized()
+
+    def sum(self, t: Tensor) -> Tensor:
+        """``t`` summed over all ranks (a copy; ``t`` itself when single-process)."""
+        if not self.active:
+            return t
+        t = t.clone()
+        tdist.all_reduce(t, op=tdist.ReduceOp.SUM)
+        return t
+
+    def barrier(self) -> None:
+        """Wait for every rank (no-op single-process)."""
+        if self.active:
+            tdist.barrier()
+
+    def broadcast_flag(self, value: bool) -> bool:
+        """Rank 0's ``value`` on every rank (e.g. "a checkpoint exists" decided by the writer)."""
+        if not self.active:
+            return value
+        t = torch.tensor([int(value)], device=self.device if self.device.type == "cuda" else "cpu")
+        tdist.broadcast(t, src=0)
+        return bool(t.item())
+
+
+SINGLE = Dist()     # the single-process default
+
+
+def init(device: str = "cpu") -> Dist:
+    """Join the torchrun process group if the environment describes one, else a single-process :class:`Dist`.
+
+    ``device="cuda"`` under torchrun selects ``cuda:LOCAL_RANK``.  Idempotent: a second call returns the
+    same description without re-initialising.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise TrustVisionError("--device cuda given but no CUDA device is available")
+        dev = torch.device("cuda", local if world > 1 else (dev.index or 0))
+        torch.cuda.set_device(dev)
+    if world > 1 and not tdist.is_initialized():
+        if not tdist.is_available():
+            raise TrustVisionError("WORLD_SIZE > 1 but torch.distributed is not available in this build")
+        tdist.init_process_group("nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world)
+    return Dist(rank, world, dev)
+
+
+def shutdown() -> None:
+    """Leave the process group (safe to call when none was started)."""
+    if tdist.is_available() and tdist.is_initialized():
+        tdist.destroy_process_group()
