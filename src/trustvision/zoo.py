@@ -2,12 +2,16 @@
 
 * ``smallcnn``: two conv blocks + MLP head, the demo model (about 0.1 M parameters).
 * ``mlp``: a two-layer perceptron baseline.
+* ``lenet``, ``allconv``, ``nin``, ``resnet``, ``densenet``, ``wideresnet``, ``vgg``, ``capsnet``: the Raw
+  Zero-Shot zoo (Kotyan et al. 2022's families), in :mod:`trustvision.zoo_archs`.
 """
 from __future__ import annotations
 
 from typing import Callable
 
 from torch import nn
+
+from .zoo_archs import PAPER_ARCHS
 
 
 def smallcnn(num_classes: int = 10, channels: int = 1, width: int = 16) -> nn.Module:
@@ -31,3 +35,5 @@ def mlp(num_classes: int = 10, channels: int = 1, size: int = 28, hidden: int = 
 
 
 ARCHS: dict[str, Callable[..., nn.Module]] = {"smallcnn": smallcnn, "mlp": mlp}
+
+ARCHS.update(PAPER_ARCHS)     # the Raw Zero-Shot zoo (lenet, allconv, nin, resnet, ..., capsnet): zoo_archs.py

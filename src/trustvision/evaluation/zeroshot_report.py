@@ -1,0 +1,163 @@
+"""Summarise Raw Zero-Shot records (:func:`.zeroshot.run_arch`) into a :class:`SectionResult`.
+
+Kotyan, Matsuki & Vargas, PLOS ONE 2022 (e0266060): per-architecture means and spreads of DBM / AM
+(plus entropy and silhouette), attack success of each full model, the correlation between the two
+(Pearson / Spearman with p-values, per architecture and per (architecture, class)), tables, figures
+and soundness flags.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..results import Figure, Flag, SectionResult, Table
+from . import zeroshot_metrics as zm
+
+METRICS = ("dbm", "am", "entropy", "silhouette")
+LOW_ACCURACY = 0.9
+
+
+def _vals(rec: dict, key: str) -> np.ndarray:
+    return np.array([np.nan if c.get(key) is None else c[key] for c in rec["per_class"]], dtype=float)
+
+
+def _mean(v: np.ndarray) -> float | None:
+    return float(np.nanmean(v)) if np.isfinite(v).any() else None
+
+
+def _std(v: np.ndarray) -> float | None:
+    v = v[np.isfinite(v)]
+    return float(np.std(v, ddof=1)) if len(v) > 1 else (0.0 if len(v) else None)
+
+
+def _r(v: Any, nd: int = 4) -> Any:
+    return round(v, nd) if isinstance(v, float) else v
+
+
+def summarise(records: list[dict], labels: list[str], cfg, out: Path) -> SectionResult:
+    """Tables, metrics, correlation, figures (written into ``out``) and flags of a Raw Zero-Shot run."""
+    from ..report import zeroshot_figures as zf
+    archs = [r["arch"] for r in records]
+    agg: dict[str, dict[str, Any]] = {f"{m}_{s}": {} for m in METRICS for s in ("mean", "std")}
+    for r in records:
+        for m in METRICS:
+            v = _vals(r, m)
+            agg[f"{m}_mean"][r["arch"]], agg[f"{m}_std"][r["arch"]] = _mean(v), _std(v)
+    rzs_acc = {r["arch"]: _mean(_vals(r, "rzs_accuracy")) for r in records}
+    success = {a: {r["arch"]: r["attacks"][a]["success_rate"] for r in records} for a in cfg.attacks}
+    corr: dict[str, dict[str, dict[str, Any]]] = {}
+    scatter: dict[str, dict[str, dict[str, Any]]] = {}
+    for a in cfg.attacks:
+        corr[a], scatter[a] = {}, {}
+        for m in METRICS:
+            xs, ys, groups = [], [], []
+            for r in records:
+                v = _vals(r, m)
+                for k, s in enumerate(r["attacks"][a]["per_class"]):
+                    if s is not None and np.isfinite(v[k]):
+                        xs.append(float(v[k]))
+                        ys.append(float(s))
+                        groups.append(r["arch"])
+            ax_ = [agg[f"{m}_mean"][x] for x in archs]
+            ay_ = [success[a][x] for x in archs]
+            pairs = [(x, y) for x, y in zip(ax_, ay_) if x is not None and y is not None]
+            corr[a][m] = {"per_architecture": zm.correlate([p[0] for p in pairs], [p[1] for p in pairs]),
+                          "per_class": zm.correlate(xs, ys)}
+            scatter[a][m] = {"x": xs, "y": ys, "group": groups, "archs": archs,
+                             "arch_x": [np.nan if v is None else v for v in ax_],
+                             "arch_y": [np.nan if v is None else v for v in ay_]}
+    dbm_means = {a: v for a, v in agg["dbm_mean"].items() if v is not None}
+    am_means = {a: v for a, v in agg["am_mean"].items() if v is not None}
+    metrics: dict[str, Any] = {
+        "architectures": archs, "classes": list(labels),
+        "densest_architecture": min(dbm_means, key=dbm_means.get) if dbm_means else None,
+        "lowest_am_architecture": min(am_means, key=am_means.get) if am_means else None,
+        "models_trained_this_run": int(sum(r["trained"] for r in records)),
+        "clean_accuracy": {r["arch"]: r["clean_accuracy"] for r in records},
+        "rzs_accuracy": rzs_acc, **agg, "attack_success": success, "correlation": corr,
+    }
+    # ---------------------------------------------------------------- tables
+    att = list(cfg.attacks)
+    rows = []
+    for r in records:
+        a = r["arch"]
+        rows.append([a, _r(r["clean_accuracy"]), _r(rzs_acc[a]),
+                     *[_r(agg[f"{m}_{s}"][a]) for m in METRICS for s in ("mean", "std")],
+                     *[_r(success[x][a]) for x in att]])
+    cols = ["architecture", "clean acc (full)", "RZS acc (seen classes)",
+            *[f"{m.upper() if m in ('dbm', 'am') else m} {s}" for m in METRICS for s in ("mean", "std")],
+            *[f"{x} success" for x in att]]
+    per_rows = [[r["arch"], c["class"], c["n"], *[_r(c[m]) for m in METRICS], _r(c["rzs_accuracy"]),
+                 c["top_known_class"], *[_r(r["attacks"][x]["per_class"][k]) for x in att]]
+                for r in records for k, c in enumerate(r["per_class"])]
+    corr_rows = [[x, m, level, c["n"], _r(c["pearson_r"]), _r(c["pearson_p"]), _r(c["spearman_rho"]),
+                  _r(c["spearman_p"])]
+                 for x in att for m in METRICS for level, c in corr[x][m].items()]
+    tables = [
+        Table("Raw Zero-Shot metrics per architecture (mean / std over held-out classes; lower DBM, AM = "
+              "better transfer of features)", cols, rows),
+        Table("Per held-out class", ["architecture", "held-out class", "images", "DBM", "AM", "entropy",
+                                     "silhouette", "RZS acc", "closest known class",
+                                     *[f"{x} success (class)" for x in att]], per_rows),
+        Table("Correlation of Raw Zero-Shot metrics with attack success on the full model",
+              ["attack", "metric", "level", "n", "Pearson r", "p", "Spearman ρ", "p"], corr_rows),
+    ]
+    # ---------------------------------------------------------------- figures
+    figures = []
+    zf.metric_bars(archs, {"DBM": [agg["dbm_mean"][a] for a in archs], "AM": [agg["am_mean"][a] for a in archs]},
+                   {"DBM": [agg["dbm_std"][a] for a in archs], "AM": [agg["am_std"][a] for a in archs]},
+                   out / "zeroshot_metrics.png")
+    figures.append(Figure("Raw Zero-Shot metrics per architecture", "zeroshot_metrics.png",
+                          "Mean over held-out classes, error bars ±1 std; the best (lowest) bar is green."))
+    for r in records:
+        name = f"zeroshot_pca_{r['arch']}.png"
+        zf.soft_label_pca(r["soft"], labels, [c["dbm"] for c in r["per_class"]], out / name,
+                          title=f"{r['arch']}: held-out soft labels (PCA, shared scale)")
+        figures.append(Figure(f"{r['arch']}: held-out soft-label clusters", name,
+                              "Each panel: the test images of one class fed to the model trained without it, "
+                              "soft labels projected on their two principal axes."))
+    for x in att:
+        name = f"zeroshot_corr_{x}.png"
+        zf.correlation_scatter({m.upper(): scatter[x][m] for m in ("dbm", "am")}, out / name, attack=x,
+                               stats={m.upper(): corr[x][m] for m in ("dbm", "am")})
+        figures.append(Figure(f"DBM / AM against {x} success", name,
+                              "Small dots: (architecture, held-out class); large: architecture means."))
+    return SectionResult(name="zeroshot", title="Raw Zero-Shot feature transferability (Kotyan et al. 2022)",
+                         metrics=metrics, tables=tables, figures=figures, flags=_flags(records, archs, corr),
+                         examples=[{"arch": r["arch"], "per_class": r["per_class"]} for r in records])
+
+
+def _flags(records: list[dict], archs: list[str], corr: dict) -> list[Flag]:
+    flags = []
+    weak = {r["arch"]: r["clean_accuracy"] for r in records if r["clean_accuracy"] < LOW_ACCURACY}
+    if weak:
+        flags.append(Flag("zeroshot_undertrained", "warning",
+                          f"full model(s) below {LOW_ACCURACY:.0%} clean test accuracy: "
+                          f"{', '.join(f'{a} {v:.1%}' for a, v in weak.items())}; their soft labels say little "
+                          "about learned features: raise --epochs or --train-images.", {"clean_accuracy": weak}))
+    weak_rzs = {r["arch"]: float(np.nanmean(_vals(r, "rzs_accuracy"))) for r in records
+                if np.nanmean(_vals(r, "rzs_accuracy")) < LOW_ACCURACY}
+    if weak_rzs:
+        flags.append(Flag("zeroshot_rzs_undertrained", "warning",
+                          "held-out (Raw Zero-Shot) models below "
+                          f"{LOW_ACCURACY:.0%} accuracy on their own classes: "
+                          f"{', '.join(f'{a} {v:.1%}' for a, v in weak_rzs.items())}; raise --epochs.",
+                          {"rzs_accuracy": weak_rzs}))
+    few = [(r["arch"], c["class"], c["n"]) for r in records for c in r["per_class"] if c["n"] < 10]
+    if few:
+        flags.append(Flag("zeroshot_few_images", "warning",
+                          f"{len(few)} held-out cluster(s) have fewer than 10 test images; DBM/AM are noisy: use more "
+                          "data or a larger test fraction.", {"clusters": few[:20]}))
+    if len(archs) < 3:
+        flags.append(Flag("zeroshot_few_architectures", "info",
+                          f"only {len(archs)} architecture(s): the per-architecture correlation needs at least 3; "
+                          "the per-(architecture, class) correlation is reported instead.", {}))
+    undefined = sorted({a for a, per in corr.items() for m, c in per.items()
+                        if m in ("dbm", "am") and c["per_class"].get("note") == "constant input"})
+    if undefined:
+        flags.append(Flag("zeroshot_constant_success", "info",
+                          f"attack success is the same for every (architecture, class) under {', '.join(undefined)}; "
+                          "no correlation can be measured: change the attack budget.", {}))
+    return flags
