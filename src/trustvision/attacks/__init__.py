@@ -2,7 +2,9 @@
 
 * fixed budget: :class:`FGSM` (Goodfellow et al. 2015), :class:`PGD` (Madry et al. 2018), L∞ and L2;
 * minimal perturbation: :class:`CW` (Carlini & Wagner 2017, L2), :class:`DeepFool`
-  (Moosavi-Dezfooli et al. 2016, L2 and L∞).
+  (Moosavi-Dezfooli et al. 2016, L2 and L∞);
+* black-box, by differential evolution: :class:`PixelAttack` (Su et al. 2019, L0) and
+  :class:`ThresholdAttack` (Kotyan & Vargas 2022, L∞); :func:`minimal_budget` per image.
 
 ``make_attack("pgd", eps=0.3, norm="linf")`` builds one by registry name.
 """
@@ -15,9 +17,11 @@ from .base import (AttackResult, Attack, FixedBudgetAttack, MinimalAttack, foole
                    perturbation_norms)
 from .cw import CW
 from .deepfool import DeepFool
+from .evolutionary import PixelAttack, ThresholdAttack, minimal_budget
 from .gradient import FGSM, PGD
 
-ATTACKS: dict[str, type[Attack]] = {"fgsm": FGSM, "pgd": PGD, "cw": CW, "deepfool": DeepFool}
+ATTACKS: dict[str, type[Attack]] = {"fgsm": FGSM, "pgd": PGD, "cw": CW, "deepfool": DeepFool,
+                                    "pixel": PixelAttack, "threshold": ThresholdAttack}
 
 
 def make_attack(name: str, **kwargs) -> Attack:
@@ -44,4 +48,5 @@ def make_attack(name: str, **kwargs) -> Attack:
 
 
 __all__ = ["ATTACKS", "Attack", "AttackResult", "CW", "DeepFool", "FGSM", "FixedBudgetAttack", "MinimalAttack", "PGD",
-           "fooled", "input_gradient", "make_attack", "margin_loss", "perturbation_norms"]
+           "PixelAttack", "ThresholdAttack", "fooled", "input_gradient", "make_attack", "margin_loss",
+           "minimal_budget", "perturbation_norms"]

@@ -6,6 +6,8 @@ person can act on.  A robustness figure without these checks is not reported.
 
 * ``non-monotonic``: robust accuracy rises as the budget grows;
 * ``weaker-than-fgsm``: multi-step PGD leaves more accuracy than one-step FGSM;
+* ``black-box-stronger``: the black-box threshold attack (differential evolution) leaves less accuracy
+  than white-box PGD at the same L∞ budget;
 * ``large-budget-not-chance``: an attack with a huge budget does not bring accuracy to chance;
 * ``zero-gradients`` / ``nan-gradients``: input gradients vanish or are not finite;
 * ``not-converged``: more steps and restarts lower robust accuracy materially.
@@ -59,6 +61,28 @@ def fgsm_vs_pgd_flags(curves: dict[str, tuple[list[float], list[float]]], n: int
                  "attack weaker than one step signals masked or noisy gradients; raise PGD steps/restarts or "
                  "use a margin loss, and treat the PGD numbers as upper bounds.",
                  {"eps": e, "fgsm": fa, "pgd": pa})]
+
+
+def blackbox_vs_whitebox_flags(curves: dict[str, tuple[list[float], list[float]]], n: int,
+                                blackbox: str = "threshold", whitebox: str = "pgd") -> list[Flag]:
+    """A black-box attack must not beat white-box PGD at the same L-inf budget (curves as :func:`fgsm_vs_pgd_flags`).
+
+    A gradient-free search that succeeds where gradients fail means the gradients mislead the attack:
+    gradient masking (Athalye et al. 2018; Carlini et al. 2019, sec. 5).
+    """
+    if blackbox not in curves or whitebox not in curves:
+        return []
+    w = dict(zip(*curves[whitebox]))
+    worse = [(e, a, w[e]) for e, a in zip(*curves[blackbox]) if e > 0 and e in w and a < w[e] - tolerance(n)]
+    if not worse:
+        return []
+    e, ba, wa = worse[0]
+    return [Flag("black-box-stronger", "warning",
+                 f"At L-inf eps={e:g}, the black-box {blackbox} attack leaves {ba:.1%} accuracy but white-box "
+                 f"{whitebox} {wa:.1%}. A search that never sees gradients beating one that follows them signals "
+                 "gradient masking: treat the gradient-attack numbers as upper bounds and evaluate with "
+                 "adaptive attacks (BPDA/EOT) or stronger black-box attacks.",
+                 {"eps": e, blackbox: ba, whitebox: wa})]
 
 
 def large_budget_flag(accuracy: float, eps: float, norm: str, chance: float) -> list[Flag]:
