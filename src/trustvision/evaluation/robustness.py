@@ -6,8 +6,10 @@ attack), and per-example worst case across attacks of the same norm: an image
 counts as robust at ε only if *every* attack failed on it (Croce & Hein 2020
 report robustness the same way).  Fixed-budget attacks (FGSM, PGD) run once per
 budget; minimal attacks (CW, DeepFool) run once and are thresholded at every
-budget.  Soundness checks from :mod:`.soundness` run alongside and their flags
-travel with the numbers.
+budget.  The black-box presets ``pixel`` (L0; budgets ``eps_l0`` count pixels)
+and ``threshold`` (L∞) are opt-in, being too slow for the default list.
+Soundness checks from :mod:`.soundness` run alongside and their flags travel
+with the numbers.
 """
 from __future__ import annotations
 
@@ -27,6 +29,8 @@ from ..progress import Quiet
 from ..results import Figure, SectionResult, Table
 from . import soundness
 
+NORMS = ("linf", "l2", "l0")     # budget lists eps_<norm> of RobustnessConfig
+
 # name -> (registry attack, fixed constructor arguments); the norm follows from these.
 PRESETS: dict[str, tuple[str, dict]] = {
     "fgsm": ("fgsm", {"norm": "linf"}),
@@ -36,6 +40,8 @@ PRESETS: dict[str, tuple[str, dict]] = {
     "cw": ("cw", {}),
     "deepfool": ("deepfool", {"norm": "l2"}),
     "deepfool-linf": ("deepfool", {"norm": "linf"}),
+    "pixel": ("pixel", {}),              # black-box L0 (few-pixel DE); budgets are pixel counts, eps_l0
+    "threshold": ("threshold", {}),      # black-box L∞ (DE); judged against PGD by a soundness check
 }
 
 
@@ -46,6 +52,7 @@ class RobustnessConfig:
     attacks: list[str] = field(default_factory=lambda: ["fgsm", "pgd", "pgd-l2", "cw", "deepfool"])
     eps_linf: list[float] = field(default_factory=lambda: [0.0, 2 / 255, 4 / 255, 8 / 255, 16 / 255])
     eps_l2: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0, 2.0])
+    eps_l0: list[float] = field(default_factory=lambda: [0.0, 1.0, 3.0, 5.0, 10.0])   # pixels (attack "pixel")
     attack_options: dict[str, dict] = field(default_factory=dict)
     checks: bool = True
     large_eps_linf: float = 0.5
@@ -59,7 +66,7 @@ class RobustnessConfig:
         unknown = [a for a in self.attacks if a not in PRESETS]
         if unknown:
             raise TrustVisionError(f"unknown attack(s) {unknown}; choose from {sorted(PRESETS)}")
-        for norm in ("linf", "l2"):
+        for norm in NORMS:
             eps = getattr(self, f"eps_{norm}")
             if any(e < 0 for e in eps):
                 raise TrustVisionError(f"eps_{norm}: budgets must be >= 0, got {eps}")
@@ -166,6 +173,7 @@ def _checks(cfg: RobustnessConfig, clf: Classifier, data: Dataset, correct: Tens
     for norm, curves in curves_by_norm.items():
         flags += soundness.monotonic_flags(curves, norm, n)
     flags += soundness.fgsm_vs_pgd_flags(curves_by_norm.get("linf", {}), n)
+    flags += soundness.blackbox_vs_whitebox_flags(curves_by_norm.get("linf", {}), n)
     if not cfg.checks:
         return flags, stats
     idx = correct.nonzero()[:cfg.check_images, 0]
@@ -218,7 +226,7 @@ def robustness_section(clf: Classifier, data: Dataset, clean_logits: Tensor, cfg
     correct = clean_logits.argmax(1) == data.y
     runs = [_attack_all(cfg, name, clf, data, correct, batch_size, progress) for name in cfg.attacks]
     curves_by_norm, worst_by_norm = {}, {}
-    for norm in ("linf", "l2"):
+    for norm in NORMS:
         curves, worst = _curves(runs, norm, getattr(cfg, f"eps_{norm}"))
         if curves:
             curves_by_norm[norm], worst_by_norm[norm] = curves, worst
