@@ -36,6 +36,37 @@ def squash(s: Tensor, dim: int = -1) -> Tensor:
     return s * (n2 / (1.0 + n2)) / torch.sqrt(n2 + EPS)
 
 
+class DigitCaps(nn.Module):
+    """Routing-by-agreement from primary capsules u (B, types, G, dim) to digit capsules v (B, classes, out_dim).
+
+    ``weight`` (types, classes, out_dim, dim) holds the transformation matrices W_{t, j}, shared over the
+    G grid positions of capsule type t.
+    """
+
+    def __init__(self, types: int, num_classes: int, dim: int, out_dim: int, iters: int) -> None:
+        super().__init__()
+        self.types, self.num_classes, self.dim, self.out_dim, self.iters = types, num_classes, dim, out_dim, iters
+        self.weight = nn.Parameter(0.05 * torch.randn(types, num_classes, out_dim, dim))
+
+    def forward(self, u: Tensor) -> Tensor:
+        b, t, g, d = u.shape
+        # predictions u_hat[b, j, (t, g), :] = W[t, j] @ u[b, t, g], held as (B, classes, N, out_dim) so that
+        # routing is batched matrix products
+        w = self.weight.permute(0, 3, 1, 2).reshape(t, d, self.num_classes * self.out_dim)
+        u_hat = torch.matmul(u, w).view(b, t * g, self.num_classes, self.out_dim)
+        u_hat = u_hat.permute(0, 2, 1, 3).contiguous()                # (B, classes, N, out_dim)
+        logits_b = u_hat.new_zeros(b, self.num_classes, 1, t * g)     # routing logits b_ij
+        v = u_hat.new_zeros(b, self.num_classes, self.out_dim)
+        u_fixed = u_hat.detach()                     # gradients flow through the last iteration only
+        for r in range(self.iters):
+            c = torch.softmax(logits_b, dim=1)                        # coupling: softmax over classes j
+            last = r == self.iters - 1
+            v = squash(torch.matmul(c, u_hat if last else u_fixed).squeeze(2))    # (B, classes, out_dim)
+            if not last:
+                logits_b = logits_b + torch.matmul(u_fixed, v.unsqueeze(-1)).transpose(2, 3)
+        return v
+
+
 class CapsNet(nn.Module):
     """Images (B, channels, H, W), H, W >= 17, -> logits log ||v_j|| (B, num_classes).
 
@@ -48,33 +79,17 @@ class CapsNet(nn.Module):
     def __init__(self, num_classes: int = 10, channels: int = 1, width: int = 16, types: int = 8, dim: int = 8,
                  out_dim: int = 16, iters: int = 3) -> None:
         super().__init__()
-        self.num_classes, self.types, self.dim, self.out_dim, self.iters = num_classes, types, dim, out_dim, iters
+        self.types, self.dim = types, dim
         self.conv1 = nn.Conv2d(channels, width, 9)
         self.primary = nn.Conv2d(width, types * dim, 9, stride=2)
-        self.W = nn.Parameter(0.05 * torch.randn(types, num_classes, out_dim, dim))
+        self.digits = DigitCaps(types, num_classes, dim, out_dim, iters)   # keys sort after conv1 (loading.py)
 
     def capsules(self, x: Tensor) -> Tensor:
         """Digit capsule vectors v (B, num_classes, out_dim)."""
-        h = torch.relu(self.conv1(x))
-        p = self.primary(h)                                           # (B, types*dim, gh, gw)
+        p = self.primary(torch.relu(self.conv1(x)))                  # (B, types*dim, gh, gw)
         b, _, gh, gw = p.shape
-        u = p.view(b, self.types, self.dim, gh * gw).permute(0, 1, 3, 2)   # (B, types, G, dim)
-        u = squash(u).reshape(b, self.types, gh * gw, self.dim)        # (B, types, G, dim)
-        # predictions u_hat[b, j, (t, g), :] = W[t, j] @ u[b, t, g], held as (B, classes, N, out_dim) so that
-        # routing is batched matrix products
-        w = self.W.permute(0, 3, 1, 2).reshape(self.types, self.dim, self.num_classes * self.out_dim)
-        u_hat = torch.matmul(u, w).view(b, self.types * gh * gw, self.num_classes, self.out_dim)
-        u_hat = u_hat.permute(0, 2, 1, 3).contiguous()                # (B, classes, N, out_dim)
-        logits_b = u_hat.new_zeros(b, self.num_classes, 1, u_hat.shape[2])   # routing logits b_ij
-        v = u_hat.new_zeros(b, self.num_classes, self.out_dim)
-        u_fixed = u_hat.detach()                     # gradients flow through the last iteration only
-        for r in range(self.iters):
-            c = torch.softmax(logits_b, dim=1)                        # coupling: softmax over classes j
-            last = r == self.iters - 1
-            v = squash(torch.matmul(c, u_hat if last else u_fixed).squeeze(2))    # (B, classes, out_dim)
-            if not last:
-                logits_b = logits_b + torch.matmul(u_fixed, v.unsqueeze(-1)).transpose(2, 3)
-        return v
+        u = squash(p.view(b, self.types, self.dim, gh * gw).permute(0, 1, 3, 2))   # (B, types, G, dim)
+        return self.digits(u)
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits (B, num_classes) = log of the digit-capsule lengths."""

@@ -67,8 +67,8 @@ def zeroshot(data: DataOpt, out: OutOpt = Path("trustvision-zeroshot"),
              epochs: Annotated[int, typer.Option(help="training epochs of every model")] = 3,
              attack: Annotated[list[str] | None, typer.Option(
                  "--attack", help="NAME[:key=value,...] attack on each full model (repeatable); default "
-                                  "pixel:th=3,pop_size=50,generations=20 and threshold:eps=0.1,pop_size=30,"
-                                  "generations=20")] = None,
+                                  "pixel:th=10,pop_size=50,generations=30 and threshold:eps=0.3,pop_size=30,"
+                                  "generations=30")] = None,
              attack_images: Annotated[int, typer.Option("--attack-images", help="test images attacked per "
                                                         "architecture (stratified by class)")] = 100,
              train_images: Annotated[int | None, typer.Option("--train-images", help="cap on training "

@@ -126,18 +126,20 @@ class _StagedNet(nn.Module):
     def __init__(self, channels: int, stem: int, widths: list[int], block: type[nn.Module], num_classes: int,
                  pre_act: bool) -> None:
         super().__init__()
-        self.stem = nn.Conv2d(channels, stem, 3, 1, 1, bias=pre_act)
+        # names chosen so that the stem is the first 4-D weight both in registration and in alphabetical
+        # (safetensors) order: trustvision.loading reads ``width`` back from it
+        self.conv_stem = nn.Conv2d(channels, stem, 3, 1, 1, bias=pre_act)
         self.stem_act = nn.Identity() if pre_act else nn.Sequential(nn.BatchNorm2d(stem), nn.ReLU(inplace=True))
         blocks, cin = [], stem
         for i, w in enumerate(widths):
             blocks.append(block(cin, w, 1 if i == 0 else 2))
             cin = w
-        self.blocks = nn.Sequential(*blocks)
+        self.layers = nn.Sequential(*blocks)
         self.final = nn.Sequential(nn.BatchNorm2d(cin), nn.ReLU(inplace=True)) if pre_act else nn.Identity()
         self.head = nn.Linear(cin, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.final(self.blocks(self.stem_act(self.stem(x))))
+        x = self.final(self.layers(self.stem_act(self.conv_stem(x))))
         return self.head(x.mean((2, 3)))
 
 

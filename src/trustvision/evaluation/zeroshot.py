@@ -43,8 +43,8 @@ from ..training import cached_model, train_classifier
 from . import zeroshot_metrics as zm
 
 DEFAULT_ATTACKS: dict[str, dict[str, Any]] = {
-    "pixel": {"th": 3, "pop_size": 50, "generations": 20},
-    "threshold": {"eps": 0.1, "pop_size": 30, "generations": 20},
+    "pixel": {"th": 10, "pop_size": 50, "generations": 30},
+    "threshold": {"eps": 0.3, "pop_size": 30, "generations": 30},
 }
 MIN_SIDE = 28          # smaller images (e.g. the 8x8 digits) are upsampled: LeNet and CapsNet need >= 17
 
