@@ -4,7 +4,7 @@ Every factory takes ``(num_classes, channels, width)`` and returns an ``nn.Modul
 (B, channels, H, W), H, W >= 16 (sized for 28x28 and 32x32), to logits (B, num_classes).
 ``width`` is always the number of output channels of the *first* convolution, so that
 :mod:`trustvision.loading` can read it back from a state dict.  All are far smaller than the
-originals (0.1-1 M parameters, roughly 1-12 MMAC per 28x28 image) so that a CPU trains each on
+originals (13-95 k parameters, 0.4-8.5 MMAC per 28x28 image) so that a CPU trains each on
 4 000 MNIST digits in seconds; BatchNorm is added where the original had none (All-Conv, NiN) so a
 few epochs of Adam suffice.
 
