@@ -174,6 +174,9 @@ def audit_cmd(model: ModelOpt, data: DataOpt, out: OutOpt = Path("trustvision-ou
               attacks: Annotated[Optional[str], typer.Option(help="comma list: fgsm,pgd,pgd-l2,cw,deepfool,...")] = None,
               eps_linf: Annotated[Optional[str], typer.Option(help="L-inf budgets, e.g. 0,2/255,4/255,8/255")] = None,
               eps_l2: Annotated[Optional[str], typer.Option(help="L2 budgets, e.g. 0,0.25,0.5,1")] = None,
+              defense: Annotated[Optional[str], typer.Option(
+                  help="audit the model behind an input transformation: jpeg:75 | bitdepth:3 | median:3 | "
+                       "resize-pad:0.8 (adaptive BPDA/EOT evaluation is automatic)")] = None,
               fail_under: Annotated[Optional[list[str]], typer.Option("--fail-under", help="METRIC=VALUE gate")] = None,
               no_resume: Annotated[bool, typer.Option("--no-resume", help="recompute finished sections")] = False):
     """Audit your model on your data: clean accuracy, robustness curves, soundness flags, report."""
@@ -181,6 +184,9 @@ def audit_cmd(model: ModelOpt, data: DataOpt, out: OutOpt = Path("trustvision-ou
     from .data import load_dataset
     clf = _load(model, weights, arch, num_classes, channels, input_size, mean, std, labels, trust_pickle, device,
                 precision, channels_last, compile)
+    if defense:
+        from .defenses.transforms import defend
+        clf = defend(clf, defense)
     ds = load_dataset(data, size=clf.input_size)
     cfg = AuditConfig.from_toml(config) if config else AuditConfig()
     cfg.batch_size, cfg.seed, cfg.resume = batch_size, seed, not no_resume

@@ -19,6 +19,7 @@ Two families (after Foolbox 3):
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -86,6 +87,14 @@ def margin_loss(logits: Tensor, y: Tensor, target: Tensor | None, kappa: float =
     other = logits.masked_fill(torch.nn.functional.one_hot(cls, logits.shape[1]).bool(), float("-inf")).amax(1)
     m = other - z_c if target is not None else z_c - other
     return (m + kappa).clamp_min(0) if kappa is not None else m
+
+
+def log_mean_softmax(logits: Tensor, k: int) -> Tensor:
+    """(N·k, K) logits of ``k`` random draws per image (an image's draws adjacent) -> (N, K) log of the mean softmax.
+
+    The logits of an expectation over randomness: EOT attacks and the smoothed classifier of randomized smoothing.
+    """
+    return torch.logsumexp(logits.log_softmax(1).view(-1, k, logits.shape[1]), dim=1) - math.log(k)
 
 
 class Attack:

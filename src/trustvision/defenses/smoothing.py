@@ -34,7 +34,6 @@ float64.  Results are returned on the CPU.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Sequence
 
@@ -43,6 +42,7 @@ import torch
 from scipy.stats import beta, binom, norm
 from torch import Tensor, nn
 
+from ..attacks.base import log_mean_softmax
 from ..attacks.gradient import check_number
 from ..errors import TrustVisionError
 from ..model import Classifier
@@ -245,7 +245,7 @@ class Smoothed:
         """
         noise = torch.randn((len(x), int(m), *x.shape[1:]), generator=generator, device=x.device, dtype=x.dtype)
         logits = self.classifier((x[:, None] + self.sigma * noise).flatten(0, 1))
-        return torch.logsumexp(logits.log_softmax(1).view(len(x), int(m), -1), dim=1) - math.log(m)
+        return log_mean_softmax(logits, int(m))
 
     def as_classifier(self, m: int = 32, seed: int | None = None) -> Classifier:
         """A :class:`Classifier` whose logits are :meth:`smoothed_logits` with ``m`` fresh draws per call.

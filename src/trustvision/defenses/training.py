@@ -308,3 +308,22 @@ def train(module: nn.Module, train_data: Dataset, eval_data: Dataset | None, cfg
         result.files = {"weights": str(out / "model.safetensors"), "checkpoint": str(ckpt_path),
                         "history": str(out / "history.json")}
     return result
+
+
+def adversarially_trained_mnist(method: str = "pgd", *, eps: float = 0.2, epochs: int = 3, attack_steps: int = 3,
+                                seed: int = 0, progress=None):
+    """:func:`trustvision.zoo.smallcnn` trained with ``method`` at L∞ ``eps`` on the bundled MNIST (80/20 split).
+
+    Cached like the demo model (eps ramps up over the first epoch).  Returns (module, train set, test set,
+    weights path, cached?).
+    """
+    from .. import bundled, zoo
+    from ..training import cached_model
+    train_set, test_set = bundled.load("mnist").split(0.2, seed=seed)
+    cfg = TrainConfig(method=method, epochs=epochs, batch_size=64, eps=eps, eps_warmup_epochs=1.0,
+                      attack_steps=attack_steps, seed=seed)
+    key = {"name": f"mnist-smallcnn-{method}", "config": asdict(cfg), "v": 1, "torch": torch.__version__.split("+")[0]}
+    module, path, cached = cached_model(
+        key, lambda: zoo.smallcnn(10, 1),
+        lambda m: train(m, train_set, None, cfg, progress=progress).module)
+    return module, train_set, test_set, path, cached

@@ -27,6 +27,7 @@ from ..errors import TrustVisionError
 from ..model import Classifier
 from ..progress import Quiet
 from ..results import Figure, SectionResult, Table
+from . import adaptive as adaptive_eval
 from . import soundness
 
 NORMS = ("linf", "l2", "l0")     # budget lists eps_<norm> of RobustnessConfig
@@ -60,6 +61,8 @@ class RobustnessConfig:
     strong_restarts: int = 3
     check_images: int = 256
     n_examples: int = 8
+    adaptive: str = "auto"        # "auto": probe for randomness / shattered gradients, re-attack with EOT / BPDA
+    eot_samples: int = 16
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -71,6 +74,10 @@ class RobustnessConfig:
             if any(e < 0 for e in eps):
                 raise TrustVisionError(f"eps_{norm}: budgets must be >= 0, got {eps}")
             setattr(self, f"eps_{norm}", sorted({0.0, *map(float, eps)}))
+        if self.adaptive not in ("auto", "off"):
+            raise TrustVisionError(f"adaptive must be 'auto' or 'off', got {self.adaptive!r}")
+        if not (isinstance(self.eot_samples, int) and self.eot_samples >= 1):
+            raise TrustVisionError(f"eot_samples must be an integer >= 1, got {self.eot_samples!r}")
         stray = set(self.attack_options) - set(PRESETS)
         if stray:
             raise TrustVisionError(f"attack_options: unknown attack(s) {sorted(stray)}; choose from {sorted(PRESETS)}")
@@ -114,7 +121,12 @@ class _AttackRun:
 
 
 def _attack_all(cfg: RobustnessConfig, name: str, clf: Classifier, data: Dataset, correct: Tensor,
-                batch_size: int, progress) -> _AttackRun:
+                batch_size: int, progress, judge: Classifier | None = None) -> _AttackRun:
+    """Run preset ``name`` on the correctly classified images at every budget of its norm.
+
+    ``judge``: when given (adaptive evaluation), success is re-decided by one forward pass of ``judge``
+    on the adversarials that the attack found on ``clf`` (its differentiable view).
+    """
     attack = cfg.build(name)
     norm = attack.norm
     budgets = getattr(cfg, f"eps_{norm}")
@@ -125,9 +137,10 @@ def _attack_all(cfg: RobustnessConfig, name: str, clf: Classifier, data: Dataset
     ref = nonzero[len(nonzero) // 2] if nonzero else None
     run = _AttackRun(name, norm, {0.0: correct.clone()})
     t0 = time.perf_counter()
+    tag = f"{name} (adaptive)" if judge is not None else name
     if attack.minimal:
-        advance = progress.task(f"{name} (minimal, {norm})", nb)
-        res = run_batched(attack, clf, xs, ys, batch_size, advance)
+        advance = progress.task(f"{tag} (minimal, {norm})", nb)
+        res = _judged(run_batched(attack, clf, xs, ys, batch_size, advance), judge, ys, batch_size)
         for e in nonzero:
             r = correct.clone()
             r[idx] = res.robust_at(e, torch.ones(len(idx), dtype=torch.bool))
@@ -135,9 +148,9 @@ def _attack_all(cfg: RobustnessConfig, name: str, clf: Classifier, data: Dataset
         run.example, run.example_eps = res, None
         run.gradients = int(res.gradients.sum())
     else:
-        advance = progress.task(f"{name} ({norm}, {len(nonzero)} budgets)", nb * len(nonzero))
+        advance = progress.task(f"{tag} ({norm}, {len(nonzero)} budgets)", nb * len(nonzero))
         for e in nonzero:
-            res = run_batched(attack.with_eps(e), clf, xs, ys, batch_size, advance)
+            res = _judged(run_batched(attack.with_eps(e), clf, xs, ys, batch_size, advance), judge, ys, batch_size)
             r = correct.clone()
             r[idx] = ~res.success
             run.robust[e] = r
@@ -151,6 +164,13 @@ def _attack_all(cfg: RobustnessConfig, name: str, clf: Classifier, data: Dataset
                                    {"index": idx[:k]})
     run.seconds = time.perf_counter() - t0
     return run
+
+
+def _judged(res: AttackResult, judge: Classifier | None, y: Tensor, batch_size: int) -> AttackResult:
+    """``res`` with ``success`` re-decided by ``judge`` (untargeted: prediction != y); unchanged when None."""
+    if judge is not None and len(res.x_adv):
+        res.success = judge.predict(res.x_adv, batch_size).argmax(1).cpu() != y
+    return res
 
 
 def _curves(runs: list[_AttackRun], norm: str, budgets: list[float]) -> tuple[dict, dict[float, Tensor]]:
@@ -225,12 +245,15 @@ def robustness_section(clf: Classifier, data: Dataset, clean_logits: Tensor, cfg
     t0 = time.perf_counter()
     correct = clean_logits.argmax(1) == data.y
     runs = [_attack_all(cfg, name, clf, data, correct, batch_size, progress) for name in cfg.attacks]
+    adaptive_tables, adaptive_flags, adaptive_metrics = adaptive_eval.run_adaptive(
+        cfg, clf, data, correct, runs, batch_size, progress, _attack_all)
     curves_by_norm, worst_by_norm = {}, {}
     for norm in NORMS:
         curves, worst = _curves(runs, norm, getattr(cfg, f"eps_{norm}"))
         if curves:
             curves_by_norm[norm], worst_by_norm[norm] = curves, worst
     flags, check_stats = _checks(cfg, clf, data, correct, runs, curves_by_norm, batch_size, progress)
+    flags = adaptive_flags + flags
     clean_acc = float(correct.float().mean())
     metrics = {"clean_accuracy": clean_acc, "n_images": len(data),
                "robust_accuracy": {norm: {name: dict(zip(map(str, e), a)) for name, (e, a) in c.items()}
@@ -239,9 +262,10 @@ def robustness_section(clf: Classifier, data: Dataset, clean_logits: Tensor, cfg
                                               for norm, c in curves_by_norm.items()},
                "attack_seconds": {r.name: r.seconds for r in runs},
                "gradient_evaluations": {r.name: r.gradients for r in runs},
-               "checks": check_stats}
+               "checks": check_stats, "adaptive": adaptive_metrics}
     tables = [Table(f"Robust accuracy ({norm})", ["attack"] + [f"eps={e:.4g}" for e in c["worst-case"][0]],
                     [[name] + list(acc) for name, (_, acc) in c.items()]) for norm, c in curves_by_norm.items()]
+    tables += adaptive_tables
     section = SectionResult("robustness", "Robustness against gradient attacks", metrics, tables, flags=flags,
                             config=asdict(cfg), seconds=0.0)
     if out_dir is not None:
