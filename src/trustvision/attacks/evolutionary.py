@@ -170,7 +170,7 @@ class _Evolutionary(FixedBudgetAttack):
     cr: float
     strategy: str
     seed: int | None
-    forward_batch: int
+    forward_batch: int | None
 
     def _check_de(self) -> None:
         check_number(self, "pop_size", low=5, integer=True)
@@ -202,8 +202,8 @@ class _Evolutionary(FixedBudgetAttack):
         else:
             x_adv, queries = x.clone(), zeros.clone()
         with torch.inference_mode():                 # verdicts from the returned images themselves
-            logits = torch.cat([classifier(x_adv[i:i + fb]) for i in range(0, len(x), fb)]) if len(x) else \
-                torch.empty(0, classifier.num_classes, device=x.device)
+            parts = [classifier(x_adv[i:i + fb]) for i in range(0, len(x), fb)]
+        logits = torch.cat(parts) if parts else torch.empty(0, classifier.num_classes, device=x.device)
         return AttackResult(x_adv, fooled(logits, y, target), perturbation_norms(x_adv - x, self.norm),
                             queries + 1, zeros, {"logits": logits})
 
