@@ -37,8 +37,12 @@ def _digits() -> Dataset:
     return Dataset(x, torch.from_numpy(d.target.astype(np.int64)), [str(i) for i in range(10)], "digits")
 
 
-def natural_images(n: int = 512, size: int = 32, seed: int = 0) -> torch.Tensor:
-    """``n`` random crops (N, 3, size, size) in [0, 1] of skimage's natural photographs."""
+def natural_images(n: int = 512, size: int = 32, seed: int = 0, *, with_labels: bool = False):
+    """``n`` random crops (N, 3, size, size) in [0, 1] of skimage's natural photographs.
+
+    ``with_labels=True`` also returns (N,) int64: which photograph each crop came from (an index into
+    the photographs this skimage build has) — a self-made source task for pretraining.
+    """
     import skimage.data as sd
     import torch.nn.functional as F
     g = torch.Generator().manual_seed(seed)
@@ -56,8 +60,10 @@ def natural_images(n: int = 512, size: int = 32, seed: int = 0) -> torch.Tensor:
     if not photos:
         raise TrustVisionError("natural: no skimage.data photographs could be loaded")
     out = torch.empty(n, 3, size, size)
+    which = torch.empty(n, dtype=torch.long)
     for i in range(n):                   # data preparation, not an attack loop
-        p = photos[int(torch.randint(len(photos), (1,), generator=g))]
+        which[i] = int(torch.randint(len(photos), (1,), generator=g))
+        p = photos[int(which[i])]
         h, w = p.shape[-2:]
         side = int(torch.randint(min(h, w) // 8, min(h, w) + 1, (1,), generator=g))
         top = int(torch.randint(0, h - side + 1, (1,), generator=g))
@@ -65,7 +71,7 @@ def natural_images(n: int = 512, size: int = 32, seed: int = 0) -> torch.Tensor:
         crop = p[:, top:top + side, left:left + side][None]
         crop = F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
         out[i] = crop.flip(-1) if bool(torch.rand(1, generator=g) < 0.5) else crop
-    return out.clamp_(0, 1)
+    return (out.clamp_(0, 1), which) if with_labels else out.clamp_(0, 1)
 
 
 def load(name: str) -> Dataset:
