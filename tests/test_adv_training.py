@@ -147,6 +147,7 @@ def test_cli_train_and_errors(tmp_path):
                                  "--out", str(tmp_path)])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "model.safetensors").exists() and "per-epoch metrics" in r.output
+    assert (tmp_path / "training.png").read_bytes()[:4] == b"\x89PNG"
     from trustvision.loading import load_model
     clf = load_model(str(tmp_path / "model.safetensors"), arch="trustvision:smallcnn", num_classes=10, channels=1)
     assert clf(torch.zeros(1, 1, 8, 8)).shape == (1, 10)

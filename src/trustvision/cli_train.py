@@ -3,7 +3,7 @@
 Registered on :data:`trustvision.cli.app` (imported at the end of :mod:`trustvision.cli`).  Runs unchanged
 under ``torchrun --nproc-per-node N -m trustvision train ...`` (DDP, gloo on the CPU, nccl on CUDA).
 Writes ``OUT/model.safetensors`` (plain weights, auditable with ``--arch``), ``OUT/checkpoint.safetensors``
-(resume) and ``OUT/history.json``; see ``docs/training.md``.
+(resume), ``OUT/history.json`` and ``OUT/training.png`` (per-epoch curves); see ``docs/training.md``.
 """
 from __future__ import annotations
 
@@ -80,8 +80,10 @@ def train(arch: Annotated[str, typer.Option(help="architecture, e.g. trustvision
     finally:
         distributed.shutdown()
     if dist.main:
+        from .report.train_figures import training_curves
         _print_history(res.history, res.resumed_from)
-        console.print(f"weights: {out / 'model.safetensors'}  (audit with --model {out / 'model.safetensors'} "
+        training_curves(res.history, out / "training.png", title=f"{cfg.method} training of {arch}")
+        console.print(f"curves: {out / 'training.png'}\nweights: {out / 'model.safetensors'}  (audit with --model {out / 'model.safetensors'} "
                       f"--arch {arch})\nhistory: {out / 'history.json'}")
 
 
