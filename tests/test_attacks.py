@@ -226,7 +226,7 @@ def test_deepfool_rejects_target(mnist_clf, batch):
 
 
 def test_registry_and_bad_arguments():
-    assert set(ATTACKS) == {"fgsm", "pgd", "cw", "deepfool"}
+    assert set(ATTACKS) == {"fgsm", "pgd", "cw", "deepfool", "pixel", "threshold"}
     pgd = make_attack("pgd", eps=0.3, norm="l2", steps=5)
     assert isinstance(pgd, PGD) and pgd.with_eps(0.5).eps == 0.5 and pgd.step_size == 2.5 * 0.3 / 5
     assert make_attack("fgsm").eps == pytest.approx(8 / 255) and make_attack("fgsm", norm="l2").eps == 0.5
