@@ -200,7 +200,7 @@ def test_pixel_attack_matches_art(mnist_clf, weak):
     from art.estimators.classification import PyTorchClassifier
     x, y = weak
     peer = Classifier(copy.deepcopy(mnist_clf.module), num_classes=10, channels=1)
-    est = PyTorchClassifier(nn.Sequential(_Call(peer)), loss=nn.CrossEntropyLoss(), input_shape=(1, 28, 28),
+    est = PyTorchClassifier(nn.Sequential(peer.as_module()), loss=nn.CrossEntropyLoss(), input_shape=(1, 28, 28),
                             nb_classes=10, clip_values=(0.0, 1.0))
     th, iters = 3, 3
     x_art = torch.as_tensor(ArtPixel(est, th=th, es=1, max_iter=iters, verbose=False).generate(
@@ -212,14 +212,6 @@ def test_pixel_attack_matches_art(mnist_clf, weak):
     assert int(perturbation_norms(x_art - x, "l0").max()) <= th
 
 
-class _Call(nn.Module):
-    def __init__(self, clf: Classifier) -> None:
-        super().__init__()
-        self.clf = clf
-        self.net = clf.module
-
-    def forward(self, x):
-        return self.clf(x)
 
 
 def test_blackbox_beating_pgd_is_flagged():

@@ -157,6 +157,13 @@ class Classifier:
                     for i in range(0, len(x), batch_size)]
         return torch.cat(outs) if outs else torch.empty(0, self.num_classes, device=self.device)
 
+    def as_module(self) -> nn.Module:
+        """An ``nn.Module`` view: ``forward(x [0, 1] pixels (N, C, H, W)) -> logits (N, K)`` through this wrapper.
+
+        For peer libraries (ART, torchattacks) that want a module: they then see exactly our preprocessing.
+        """
+        return _PixelModule(self)
+
     def weights_hash(self) -> str:
         """SHA-256 over every parameter and buffer (names, dtypes and bytes)."""
         h = hashlib.sha256()
@@ -174,3 +181,15 @@ class Classifier:
                 "std": None if self.std is None else self.std.flatten().tolist(),
                 "labels": self.labels, "device": str(self.device), "precision": self.precision,
                 "channels_last": self.channels_last}
+
+
+class _PixelModule(nn.Module):
+    """See :meth:`Classifier.as_module` (the wrapped network is registered, so ``.parameters()`` works)."""
+
+    def __init__(self, clf: Classifier) -> None:
+        super().__init__()
+        self.clf = clf
+        self.net = clf.module
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.clf(x)
