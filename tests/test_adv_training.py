@@ -151,7 +151,12 @@ def test_cli_train_and_errors(tmp_path):
     from trustvision.loading import load_model
     clf = load_model(str(tmp_path / "model.safetensors"), arch="trustvision:smallcnn", num_classes=10, channels=1)
     assert clf(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
+    rgb = CliRunner().invoke(app, ["train", "--arch", "torchvision:resnet18", "--data", "digits", "--epochs", "1",
+                                   "--eval-fraction", "0.9", "--eval-images", "32", "--out", str(tmp_path / "rgb")])
+    assert rgb.exit_code == 0, rgb.output                 # grey digits replicated to the 3 channels it takes
+    assert "3 channels" not in rgb.output and (tmp_path / "rgb" / "model.safetensors").exists()
     for args, word in ((["--arch", "trustvision:smallcnn", "--method", "magic"], "method"),
+                       (["--arch", "trustvision:smallcnn", "--num-classes", "3"], "classes"),
                        (["--arch", "trustvision:nope"], "nope"),
                        (["--arch", "trustvision:smallcnn", "--batch-size", "3", "--eval-fraction", "1.5"], "eval")):
         r = CliRunner().invoke(app, ["train", "--data", "digits", "--out", str(tmp_path / "e"), *args])

@@ -47,7 +47,7 @@ def train(arch: Annotated[str, typer.Option(help="architecture, e.g. trustvision
     from . import distributed
     from .data import load_dataset
     from .defenses.training import TrainConfig, train as run_train
-    from .loading import _build
+    from .loading import _build, _fixed_size, _probe
     from .progress import Quiet, rich_progress
 
     budget = _floats(eps, "--eps")
@@ -68,7 +68,16 @@ def train(arch: Annotated[str, typer.Option(help="architecture, e.g. trustvision
         train_set, eval_set = ds.split(eval_fraction, seed=seed) if eval_fraction > 0 else (ds, None)
         torch.manual_seed(seed)                       # the same initial weights on every rank
         module, _, fixed = _build(arch, nc, ds.x.shape[1], None, size)
-        opts = {"num_classes": nc, "channels": ds.x.shape[1], "input_size": size or fixed,
+        fixed = fixed or _fixed_size(module)        # e.g. ViTs: inputs are resized to it inside the Classifier
+        probed = _probe(module.eval(), arch, None, size or fixed or tuple(ds.x.shape[-2:]), torch.device("cpu"))
+        if isinstance(probed, BaseException):
+            raise TrustVisionError(f"{arch} does not run on {tuple(ds.x.shape[1:])} images from {data}: "
+                                   f"{str(probed).splitlines()[0] if str(probed) else type(probed).__name__}")
+        if probed[0] != nc:
+            raise TrustVisionError(f"{arch} outputs {probed[0]} classes but {data} has {nc}; pass --num-classes")
+        if probed[1] != ds.x.shape[1]:             # e.g. a 3-channel torchvision model on grey digits
+            train_set, eval_set = (d.conform(probed[1], nc) if d is not None else None for d in (train_set, eval_set))
+        opts = {"num_classes": nc, "channels": probed[1], "input_size": size or fixed,
                 "mean": _floats(mean, "--mean"), "std": _floats(std, "--std")}
         if dist.main:
             console.print(f"{cfg.method} training of {arch} on {data}: {len(train_set)} train / "
