@@ -37,7 +37,7 @@ def sgd_uap(mnist_clf, sets):
 def test_uap_beats_random_controls(mnist_clf, sets, sgd_uap):
     _, xe, ye = sets
     r = fooling_rates(mnist_clf, xe, sgd_uap.v, norm="l2", y=ye)
-    # measured: UAP 0.44, pixel-permuted 0.02, uniform random 0.02 at the same L2 norm
+    # measured: UAP 0.71, pixel-permuted 0.06, uniform random 0.02 at the same L2 norm (0.44 with the old batch average)
     assert r["uap"]["fooling_rate"] > 0.3
     assert r["uap"]["fooling_rate"] > 5 * max(r["permuted"]["fooling_rate"], r["random"]["fooling_rate"], 0.01)
     assert len(r["uap"]["per_class_fooling_rate"]) == 10
@@ -50,7 +50,7 @@ def test_targeted_uap(mnist_clf, sets, method):
     res = UniversalPerturbation(method=method, norm="linf", zeta=0.25, max_passes=2, batch_size=32, seed=0).generate(
         mnist_clf, xb, target=3, reference=xe)
     r = fooling_rates(mnist_clf, xe, res.v, norm="linf", target=3)
-    # measured: fgsm 0.69, sgd 0.47; clean share of class 3 is 0.15 and the controls reach 0.09-0.11
+    # measured: fgsm 0.67, sgd 0.47; clean share of class 3 is 0.15 and the controls reach 0.09-0.11
     assert r["uap"]["targeted_success"] > 0.3                      # >> 1/10
     assert r["uap"]["targeted_success"] > r["random"]["targeted_success"] + 0.15
 
@@ -106,32 +106,57 @@ def test_transfer_matrix(mnist_clf, sets, sgd_uap):
     assert tm["matrix"][1][0] == 0.0 and tm["matrix"][0][0] > 0.3
 
 
-@pytest.mark.parametrize("targeted", [pytest.param(False, marks=pytest.mark.xfail(
-    reason="known gap: on 100 images / 1 ART pass, ART's per-image sequential updates fool 0.65 of the eval "
-           "images, our batched fgsm (batch 10, 3 passes) 0.12-0.17; see docs/universal.md", strict=False)), True])
-def test_vs_art(mnist_clf, sets, targeted):
-    art = pytest.importorskip("art")
+@pytest.mark.parametrize("norm, zeta", [("l2", 0.3), ("linf", 0.3)])
+def test_deepfool_beats_random_controls(mnist_clf, sets, norm, zeta):
+    xb, xe, ye = sets
+    res = UniversalPerturbation(method="deepfool", norm=norm, zeta=zeta, max_passes=1, batch_size=20, seed=0).generate(
+        mnist_clf, xb[:200], reference=xe)
+    r = fooling_rates(mnist_clf, xe, res.v, norm=norm, y=ye)
+    ctrl = max(r["permuted"]["fooling_rate"], r["random"]["fooling_rate"])
+    # measured (200 build images, 1 pass): L2 0.61 vs controls <= 0.06; L-inf 0.49 vs controls <= 0.17
+    # (before the sequential scan, the averaged DeepFool steps fooled 0.02-0.07 at L2 zeta 0.3: no better than noise)
+    assert r["uap"]["fooling_rate"] > 0.3
+    assert r["uap"]["fooling_rate"] > 2.5 * max(ctrl, 0.02)
+    assert float(perturbation_norms(res.v, norm)[0]) <= res.eps
+
+
+def _art_uap(mnist_clf, xb, eps, targeted, seed):
     from art.attacks.evasion import TargetedUniversalPerturbation, UniversalPerturbation as ArtUAP
     from art.estimators.classification import PyTorchClassifier
-    xb, xe, _ = sets
-    xb = xb[:100]
-    zeta, norm = 0.3, "l2"
-    eps = zeta * mean_norm(xe, norm)
     est = PyTorchClassifier(mnist_clf.module, loss=torch.nn.CrossEntropyLoss(), input_shape=(1, 28, 28),
                             nb_classes=10, clip_values=(0.0, 1.0))
-    random.seed(0)
+    random.seed(seed)                       # ART shuffles the images with Python's global `random`
     params = {"eps": 0.5 * eps, "norm": 2, "targeted": targeted}
     if targeted:
         peer = TargetedUniversalPerturbation(est, attacker="fgsm", attacker_params=params, eps=eps, norm=2, max_iter=1)
         peer.generate(xb.numpy(), y=np.eye(10, dtype=np.float32)[np.full(len(xb), 3)])
-    else:
-        peer = ArtUAP(est, attacker="fgsm", attacker_params=params, eps=eps, norm=2, max_iter=1, verbose=False)
-        peer.generate(xb.numpy())
-    v_peer = torch.from_numpy(np.asarray(peer.noise if targeted else peer._noise, dtype=np.float32))
-    # ART updates v after every image (100 updates per pass); ours per mini-batch of 10, 3 passes (30 updates)
-    ours = UniversalPerturbation(method="fgsm", norm=norm, zeta=zeta, max_passes=3, batch_size=10, seed=0).generate(
-        mnist_clf, xb, target=3 if targeted else None, reference=xe)
+        return torch.from_numpy(np.asarray(peer.noise, dtype=np.float32))
+    peer = ArtUAP(est, attacker="fgsm", attacker_params=params, eps=eps, norm=2, max_iter=1, verbose=False)
+    peer.generate(xb.numpy())
+    return torch.from_numpy(np.asarray(peer.noise, dtype=np.float32))
+
+
+@pytest.mark.parametrize("targeted", [False, True])
+def test_vs_art(mnist_clf, sets, targeted):
+    """Ours (batched fgsm) vs ART (Universal/TargetedUniversalPerturbation, attacker fgsm): same model, same 300
+    build images, same zeta, one pass each, mean over two shuffles each (seeds 0, 1; chosen before measuring).
+
+    One pass over 100 images is a poor yardstick: the result of either library swings 0.24-0.65 with the
+    image order alone (6 shuffles, untargeted: ART mean 0.49, ours 0.46; targeted: ART 0.55, ours 0.55), so
+    300 images are used here, where the shuffle moves the rate by a few points only.
+    """
+    pytest.importorskip("art")
+    xb, xe, _ = sets
+    zeta, norm = 0.3, "l2"
+    eps = zeta * mean_norm(xe, norm)
     key, tgt = ("targeted_success", 3) if targeted else ("fooling_rate", None)
-    r_ours = fooling_rates(mnist_clf, xe, ours.v, norm=norm, target=tgt)["uap"][key]
-    r_peer = fooling_rates(mnist_clf, xe, v_peer, norm=norm, target=tgt)["uap"][key]
-    assert r_ours >= r_peer - 0.05, (r_ours, r_peer)
+    r_ours, r_peer = [], []
+    for seed in (0, 1):
+        # ART: 300 sequential per-image updates per pass; ours: 30 mini-batches of 10 (one gradient each)
+        ours = UniversalPerturbation(method="fgsm", norm=norm, zeta=zeta, max_passes=1, batch_size=10,
+                                     seed=seed).generate(mnist_clf, xb, target=tgt, reference=xe)
+        r_ours.append(fooling_rates(mnist_clf, xe, ours.v, norm=norm, target=tgt)["uap"][key])
+        r_peer.append(fooling_rates(mnist_clf, xe, _art_uap(mnist_clf, xb, eps, targeted, seed), norm=norm,
+                                    target=tgt)["uap"][key])
+    # measured: untargeted ours 0.69/0.71 vs ART 0.67/0.70; targeted ours 0.60/0.54 vs ART 0.58/0.52
+    assert np.mean(r_ours) >= np.mean(r_peer) - 0.05, (r_ours, r_peer)
