@@ -106,3 +106,6 @@ def _print_history(history: list[dict], resumed_from: int) -> None:
                   f"{h['robust_accuracy']:.1%} @ {h['eval_eps']:.3g}" if "robust_accuracy" in h else "-",
                   f"{h['seconds']:.1f}")
     console.print(t)
+    last = next((h for h in reversed(history) if "warning" in h), None)
+    if last is not None:
+        console.print(f"[yellow]warning[/yellow] (epoch {last['epoch']}): {last['warning']}", highlight=False)

@@ -182,6 +182,23 @@ def _optimizer(cfg: TrainConfig, module: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.Adam(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+def overfitting_warning(method: str, row: dict, gap: float = 0.25) -> str | None:
+    """A sentence when the model resists its own training attack far better than held-out PGD, else None.
+
+    The signature of catastrophic overfitting in single-step training (Wong, Rice & Kolter 2020): accuracy on
+    the FGSM training examples stays high while PGD accuracy collapses.  Compared only for ``pgd`` and
+    ``fast``, whose ``train_accuracy`` is measured on adversarial inputs at the same ε as the evaluation.
+    """
+    if method not in ("pgd", "fast") or "robust_accuracy" not in row:
+        return None
+    train_acc, pgd_acc = row["train_accuracy"], row["robust_accuracy"]
+    if train_acc - pgd_acc <= gap:
+        return None
+    return (f"catastrophic overfitting: {train_acc:.0%} accuracy on its own {method} training examples but "
+            f"{pgd_acc:.0%} under held-out PGD at eps={row['eval_eps']:.3g}; the model has learned to resist its "
+            "training attack, not attacks (Wong et al. 2020). Use PGD-AT or TRADES, a smaller eps, or stop earlier.")
+
+
 def evaluate(clf: Classifier, data: Dataset, *, eps: float, steps: int, batch_size: int, seed: int,
              dist: Dist = SINGLE) -> dict[str, float]:
     """Clean and L∞ PGD (random start, ``steps`` steps, α = 2.5·eps/steps) accuracy on ``data``, all ranks summed.
@@ -296,6 +313,8 @@ def train(module: nn.Module, train_data: Dataset, eval_data: Dataset | None, cfg
             row.update(evaluate(clf, eval_subset, eps=cfg.eps if cfg.eval_eps is None else cfg.eval_eps,
                                 steps=cfg.eval_steps, batch_size=cfg.batch_size, seed=cfg.seed, dist=dist))
         row["seconds"] = time.perf_counter() - t0
+        if cfg.eval_eps in (None, cfg.eps) and (warning := overfitting_warning(cfg.method, row)):
+            row["warning"] = warning
         history.append(row)
         if ckpt_path is not None and dist.main:
             checkpoint.save(ckpt_path, module, opt, epoch=epoch + 1, history=history, fingerprint=cfg.fingerprint())
