@@ -126,6 +126,16 @@ def random_start(x: Tensor, eps: float, norm: str, gen: torch.Generator | None) 
     return d * _bcast(eps * u / d.flatten(1).norm(dim=1).clamp_min(1e-12), d)
 
 
+def pgd_steps(clf: Classifier, x: Tensor, x_adv: Tensor, loss_fn, *, eps: float, norm: str, steps: int,
+              alpha: float) -> Tensor:
+    """``steps`` steepest-ascent steps of size ``alpha`` on ``loss_fn(logits)`` (N,) from ``x_adv`` (N, C, H, W),
+    each projected onto the ``eps``-ball around ``x`` and [0, 1]; no budget correction (see :func:`enforce_budget`)."""
+    for _ in range(steps):
+        grad, _ = input_gradient(clf, x_adv, loss_fn)
+        x_adv = project(x, x_adv.detach() + alpha * steepest(grad, norm), eps, norm)
+    return x_adv
+
+
 def pgd_run(clf: Classifier, x: Tensor, y: Tensor, target: Tensor | None, *, eps: float, norm: str, steps: int,
             alpha: float, restarts: int, rand: bool, loss: str, gen: torch.Generator | None) -> AttackResult:
     """The PGD loop shared by FGSM and PGD; see :class:`PGD`.  Only the restart loop syncs with the host."""
@@ -136,9 +146,8 @@ def pgd_run(clf: Classifier, x: Tensor, y: Tensor, target: Tensor | None, *, eps
         xs, ys, ts = (x, y, target) if idx is None else (           # noise does not depend on who is left
             x[idx], y[idx], target[idx] if target is not None else None)
         x_adv = xs if noise is None else (xs + (noise if idx is None else noise[idx])).clamp(0, 1)
-        for _ in range(steps):
-            grad, _ = input_gradient(clf, x_adv, lambda z: attack_loss(loss, z, ys, ts))
-            x_adv = project(xs, x_adv.detach() + alpha * steepest(grad, norm), eps, norm)
+        x_adv = pgd_steps(clf, xs, x_adv, lambda z: attack_loss(loss, z, ys, ts), eps=eps, norm=norm, steps=steps,
+                          alpha=alpha)
         x_adv = enforce_budget(xs, x_adv, eps, norm)
         with torch.no_grad():
             logits = clf(x_adv)

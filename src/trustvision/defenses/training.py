@@ -45,8 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DistributedSampler
 
-from ..attacks.base import input_gradient
-from ..attacks.gradient import attack_loss, check_number, enforce_budget, project, steepest
+from ..attacks.gradient import attack_loss, check_number, enforce_budget, pgd_steps, project
 from ..data import Dataset
 from ..distributed import SINGLE, Dist
 from ..errors import TrustVisionError
@@ -141,10 +140,7 @@ def pgd_from(clf: Classifier, x: Tensor, y: Tensor, x0: Tensor, *, eps: float, a
     """L∞ PGD from the start ``x0`` (N, C, H, W): ``steps`` sign steps of ``alpha`` ascending ``loss_fn(logits)``
     (default: cross-entropy of ``y``), each projected onto the ``eps``-ball around ``x`` and [0, 1]."""
     loss_fn = loss_fn or (lambda z: attack_loss("ce", z, y, None))
-    x_adv = project(x, x0, eps, "linf")
-    for _ in range(steps):
-        grad, _ = input_gradient(clf, x_adv, loss_fn)
-        x_adv = project(x, x_adv + alpha * steepest(grad, "linf"), eps, "linf")
+    x_adv = pgd_steps(clf, x, project(x, x0, eps, "linf"), loss_fn, eps=eps, norm="linf", steps=steps, alpha=alpha)
     return enforce_budget(x, x_adv.detach(), eps, "linf")
 
 
