@@ -31,12 +31,12 @@ from common import device_name, load_average, write_results  # bench/common.py
 from torch import nn
 
 from trustvision.attacks import PixelAttack, perturbation_norms
-from trustvision.model import Classifier
+from trustvision.models.classifier import Classifier
 
 
 def mnist(device: torch.device, n: int):
     """(classifier, x (n,1,28,28), y (n,)): the demo MNIST CNN and its first n correctly classified test images."""
-    from trustvision.training import mnist_demo_model
+    from trustvision.training.cache import mnist_demo_model
     module, _, test, _, _ = mnist_demo_model()
     clf = Classifier(module, num_classes=10, channels=1, device=device, name="mnist-smallcnn")
     pred = clf.predict(test.x).argmax(1).cpu()

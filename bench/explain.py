@@ -24,13 +24,13 @@ import torch
 from attacks import PixelModel   # bench/attacks.py (same folder)
 from common import device_name, load_average, write_results   # bench/common.py
 from trustvision.explain import CAM, find_layer
-from trustvision.model import Classifier
+from trustvision.models.classifier import Classifier
 
 
 def build(name: str, device: torch.device, n: int, size: int):
     """(classifier, x (n, C, H, W) on the device)."""
     if name == "mnist":
-        from trustvision.training import mnist_demo_model
+        from trustvision.training.cache import mnist_demo_model
         module, _, test, _, _ = mnist_demo_model()
         return Classifier(module, num_classes=10, channels=1, device=device, name="mnist-smallcnn"), \
             test.x[:n].to(device)

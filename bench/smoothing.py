@@ -22,7 +22,7 @@ import torch
 
 from common import device_name, load_average, write_results   # bench/common.py
 from trustvision.defenses import Smoothed, noise_trained_mnist
-from trustvision.model import Classifier
+from trustvision.models.classifier import Classifier
 
 
 def build(name: str, device: torch.device, precision: str) -> tuple[Classifier, torch.Tensor]:

@@ -28,8 +28,8 @@ from torch import nn
 from common import device_name, load_average, write_results   # bench/common.py
 from trustvision.attacks.universal import UniversalPerturbation, mean_norm
 from trustvision.evaluation.fooling import fooling_rates
-from trustvision.model import Classifier
-from trustvision.training import mnist_demo_model
+from trustvision.models.classifier import Classifier
+from trustvision.training.cache import mnist_demo_model
 
 
 class PixelModel(nn.Module):

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import torch
 
-from trustvision import bundled, zoo
+from trustvision.data import bundled
+from trustvision.models import zoo
 from trustvision.attacks import PGD
-from trustvision.defenses.training import TrainConfig, train
-from trustvision.evaluation.robustness import run_batched
-from trustvision.model import Classifier
+from trustvision.training.trainer import TrainConfig, train
+from trustvision.evaluation.sections.robustness import run_batched
+from trustvision.models.classifier import Classifier
 
 
 def main() -> None:

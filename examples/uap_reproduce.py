@@ -28,14 +28,14 @@ from pathlib import Path
 
 import torch
 
-from trustvision import zoo
-from trustvision.bundled import natural_images
-from trustvision.data import Dataset
+from trustvision.models import zoo
+from trustvision.data.bundled import natural_images
+from trustvision.data.dataset import Dataset
 from trustvision.attacks.universal import UniversalPerturbation
 from trustvision.evaluation.fooling import fooling_rates
-from trustvision.evaluation.uap_section import LUMA, source_images
-from trustvision.model import Classifier
-from trustvision.training import cached_model, mnist_demo_model, train_classifier
+from trustvision.evaluation.sections.uap import LUMA, source_images
+from trustvision.models.classifier import Classifier
+from trustvision.training.cache import cached_model, mnist_demo_model, train_classifier
 
 ZETAS = (0.1, 0.2, 0.3)
 TARGET = 3

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trustvision.model import Classifier
-from trustvision.training import mnist_demo_model
+from trustvision.models.classifier import Classifier
+from trustvision.training.cache import mnist_demo_model
 
 
 @pytest.fixture(scope="session")

@@ -13,9 +13,9 @@ from torch import nn
 from trustvision.attacks.base import input_gradient
 from trustvision.defenses.transforms import JPEG, BitDepth, DefendedClassifier, Median, RandomResizePad, defend
 from trustvision.errors import TrustVisionError
-from trustvision.evaluation.adaptive import eot_classifier, probe
-from trustvision.evaluation.robustness import RobustnessConfig, robustness_section
-from trustvision.model import Classifier
+from trustvision.evaluation.sections.adaptive import eot_classifier, probe
+from trustvision.evaluation.sections.robustness import RobustnessConfig, robustness_section
+from trustvision.models.classifier import Classifier
 
 EPS = [0.1, 0.2, 0.3]
 
@@ -125,7 +125,7 @@ def test_median_needs_no_adaptive_attack(mnist_clf, mnist100):
 
 
 def test_pgd_at_keeps_robustness_under_adaptive_attacks(mnist100):
-    from trustvision.defenses.training import adversarially_trained_mnist
+    from trustvision.training.trainer import adversarially_trained_mnist
     module = adversarially_trained_mnist()[0]
     robust = Classifier(module, num_classes=10, channels=1, name="pgd-at")
     for spec in ("jpeg:75", "bitdepth:3", "resize-pad:0.8"):
@@ -160,7 +160,7 @@ def test_adaptive_off(mnist_clf, mnist100):
 def test_cli_audit_with_defense(mnist_setup, tmp_path):
     from typer.testing import CliRunner
 
-    from trustvision.cli import app
+    from trustvision.cli.app import app
     path = str(mnist_setup[3])
     common = ["audit", "--model", path, "--arch", "trustvision:smallcnn", "--num-classes", "10", "--channels", "1",
               "--data", "mnist", "--n", "40", "--attacks", "pgd", "--eps-linf", "0.3", "--eps-l2", "0"]

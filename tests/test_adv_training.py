@@ -10,11 +10,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from trustvision import bundled, zoo
+from trustvision.data import bundled
+from trustvision.models import zoo
 from trustvision.defenses import checkpoint
-from trustvision.defenses.training import TrainConfig, evaluate, train
+from trustvision.training.trainer import TrainConfig, evaluate, train
 from trustvision.errors import TrustVisionError
-from trustvision.model import Classifier
+from trustvision.models.classifier import Classifier
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +101,7 @@ def test_checkpoint_errors(digits, tmp_path):
 
 
 def test_catastrophic_overfitting_warning(trained):
-    from trustvision.defenses.training import overfitting_warning
+    from trustvision.training.trainer import overfitting_warning
     # the fast-AT MNIST run of docs/training.md at eps 0.3, epoch 8: 67 % on its FGSM examples, 9 % under PGD
     row = {"train_accuracy": 0.67, "robust_accuracy": 0.09, "eval_eps": 0.3}
     assert "catastrophic overfitting" in overfitting_warning("fast", row)
@@ -152,14 +153,14 @@ def test_torchrun_two_processes_match_one(tmp_path):
 
 def test_cli_train_and_errors(tmp_path):
     from typer.testing import CliRunner
-    from trustvision.cli import app
+    from trustvision.cli.app import app
     r = CliRunner().invoke(app, ["train", "--arch", "trustvision:smallcnn", "--data", "digits", "--method", "fast",
                                  "--eps", "0.1", "--epochs", "1", "--batch-size", "64", "--eval-images", "50",
                                  "--out", str(tmp_path)])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "model.safetensors").exists() and "per-epoch metrics" in r.output
     assert (tmp_path / "training.png").read_bytes()[:4] == b"\x89PNG"
-    from trustvision.loading import load_model
+    from trustvision.models.loading import load_model
     clf = load_model(str(tmp_path / "model.safetensors"), arch="trustvision:smallcnn", num_classes=10, channels=1)
     assert clf(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
     rgb = CliRunner().invoke(app, ["train", "--arch", "torchvision:resnet18", "--data", "digits", "--epochs", "1",

@@ -10,7 +10,7 @@ from torch import nn
 
 from trustvision.attacks import ATTACKS, CW, FGSM, PGD, AttackResult, DeepFool, make_attack, perturbation_norms
 from trustvision.errors import TrustVisionError
-from trustvision.model import Classifier
+from trustvision.models.classifier import Classifier
 
 N = 32
 

@@ -8,7 +8,7 @@ import torch
 from typer.testing import CliRunner
 
 from trustvision.auditor import AuditConfig, audit, evaluate_gates, summary_metrics
-from trustvision.cli import app
+from trustvision.cli.app import app
 from trustvision.errors import TrustVisionError
 from trustvision.evaluation import RobustnessConfig
 
@@ -81,7 +81,7 @@ def test_model_modification_is_detected(mnist_setup, mnist_test, tmp_path):
     import copy
 
     from trustvision.errors import ModelModifiedError
-    from trustvision.model import Classifier
+    from trustvision.models.classifier import Classifier
 
     class Tamper(torch.nn.Module):
         def __init__(self, inner):
@@ -141,7 +141,7 @@ def test_gradient_masked_model_audit_shows_flags(mnist_setup, mnist_test, tmp_pa
     """A thresholding 'defence' looks robust to PGD; the audit must say why not to believe it."""
     from test_soundness import Binarize
 
-    from trustvision.model import Classifier
+    from trustvision.models.classifier import Classifier
     clf = Classifier(Binarize(mnist_setup[0]), num_classes=10, channels=1, name="binarized")
     cfg = AuditConfig(n_images=48, batch_size=48, robustness=RobustnessConfig(
         attacks=["fgsm", "pgd"], eps_linf=[0, 0.1, 0.2], check_images=32))

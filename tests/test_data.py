@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from trustvision import bundled
+from trustvision.data import bundled
 from trustvision.data import Dataset, load_dataset
 from helpers import error
 

@@ -25,7 +25,7 @@ from trustvision.attacks import (
     perturbation_norms,
 )
 from trustvision.errors import TrustVisionError
-from trustvision.model import Classifier
+from trustvision.models.classifier import Classifier
 
 POP, GENS = 50, 10
 

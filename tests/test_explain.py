@@ -10,15 +10,16 @@ import torch
 import torch.nn.functional as F
 from typer.testing import CliRunner
 
-from trustvision import zoo
+from trustvision.models import zoo
 from trustvision.auditor import SECTIONS, AuditConfig, audit
-from trustvision.cli import app
-from trustvision.data import Dataset
+from trustvision.cli.app import app
+from trustvision.data.dataset import Dataset
 from trustvision.errors import TrustVisionError
-from trustvision.explain import (CAM, ExplainConfig, cluster_maps, compute_cams, deletion_insertion, find_layer,
-                                 group_test, random_saliency, read_groups, top_region_iou)
-from trustvision.model import Classifier
-from trustvision.training import train_classifier
+from trustvision.evaluation.sections.explain import ExplainConfig, top_region_iou
+from trustvision.explain import (CAM, cluster_maps, compute_cams, deletion_insertion, find_layer,
+                                 group_test, random_saliency, read_groups)
+from trustvision.models.classifier import Classifier
+from trustvision.training.cache import train_classifier
 
 
 def _corr_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:

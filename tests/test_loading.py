@@ -10,9 +10,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from helpers import error
-from trustvision.loading import check_logits, load_model
-from trustvision.model import Classifier
-from trustvision.zoo import mlp, smallcnn
+from trustvision.models.loading import check_logits, load_model
+from trustvision.models.classifier import Classifier
+from trustvision.models.zoo.small import mlp, smallcnn
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
 
@@ -42,7 +42,7 @@ def same_logits(clf: Classifier, module: nn.Module, x: torch.Tensor) -> None:
 
 FACTORY = """
 import torch
-from trustvision.zoo import smallcnn
+from trustvision.models.zoo.small import smallcnn
 
 def make(num_classes=10):
     torch.manual_seed(0)

@@ -10,7 +10,7 @@ from torch import nn
 import trustvision as tv
 from trustvision.errors import TrustVisionError
 from trustvision.evaluation import clean_section
-from trustvision.model import Classifier
+from trustvision.models.classifier import Classifier
 
 
 def _bn_net():

@@ -13,15 +13,16 @@ from statsmodels.stats.proportion import proportion_confint
 from torch import nn
 from typer.testing import CliRunner
 
-from trustvision import bundled, zoo
+from trustvision.data import bundled
+from trustvision.models import zoo
 from trustvision.attacks import PGD
 from trustvision.auditor import AuditConfig, audit
-from trustvision.cli import app
+from trustvision.cli.app import app
 from trustvision.defenses import (ABSTAIN, Smoothed, binomial_p_value, clopper_pearson_lower, max_certifiable_radius,
                                   noise_trained_mnist)
 from trustvision.errors import TrustVisionError
-from trustvision.model import Classifier
-from trustvision.training import train_classifier
+from trustvision.models.classifier import Classifier
+from trustvision.training.cache import train_classifier
 
 SIGMA = 0.25
 

@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from trustvision.evaluation import soundness
-from trustvision.evaluation.clean import output_flags
-from trustvision.model import Classifier
+from trustvision.evaluation.sections.clean import output_flags
+from trustvision.models.classifier import Classifier
 
 
 class SaturatedSoftmax(nn.Module):

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from trustvision import bundled, zoo
-from trustvision.training import cached_model, train_classifier
+from trustvision.data import bundled
+from trustvision.models import zoo
+from trustvision.training.cache import cached_model, train_classifier
 
 
 def test_same_seed_same_weights_and_cache_reuse(tmp_path, monkeypatch):

@@ -12,13 +12,14 @@ import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from trustvision import bundled, zoo
-from trustvision.capsnet import CapsNet, squash
-from trustvision.data import Dataset
+from trustvision.data import bundled
+from trustvision.models import zoo
+from trustvision.models.zoo.capsnet import CapsNet, squash
+from trustvision.data.dataset import Dataset
 from trustvision.evaluation import zeroshot as zs
 from trustvision.evaluation import zeroshot_metrics as zm
-from trustvision.loading import load_model
-from trustvision.zoo_archs import PAPER_ARCHS
+from trustvision.models.loading import load_model
+from trustvision.models.zoo.paper import PAPER_ARCHS
 
 
 # ------------------------------------------------------------------ zoo
@@ -139,7 +140,7 @@ ARGS = ["zeroshot", "--data", "mnist", "--archs", "lenet,mlp", "--classes", "0,1
 def cli_run(tmp_path_factory):
     """Run the CLI twice on the same --out, counting trainings: (out, results 1, results 2, counts, mtimes)."""
     from trustvision.attacks import ATTACKS
-    from trustvision.cli import app
+    from trustvision.cli.app import app
     mp = pytest.MonkeyPatch()
     mp.setenv("TRUSTVISION_CACHE", str(tmp_path_factory.mktemp("cache")))
     calls = []
@@ -217,7 +218,7 @@ def test_soft_labels_have_n_minus_1_dims_and_sum_to_one(cli_run):
 
 
 def test_bad_options_fail_with_one_line(tmp_path):
-    from trustvision.cli import app
+    from trustvision.cli.app import app
     r = CliRunner().invoke(app, ["zeroshot", "--data", "mnist", "--archs", "lenet,nope", "--out", str(tmp_path)])
     assert r.exit_code == 2 and "nope" in r.output
     r = CliRunner().invoke(app, ["zeroshot", "--data", "mnist", "--archs", "lenet", "--attack", "fgsm:bogus=1",

@@ -18,10 +18,10 @@ _LAZY = {
     "attacks": (".attacks", None),
     "audit": (".auditor", "audit"),
     "AuditConfig": (".auditor", "AuditConfig"),
-    "Classifier": (".model", "Classifier"),
+    "Classifier": (".models", "Classifier"),
     "Dataset": (".data", "Dataset"),
     "load_dataset": (".data", "load_dataset"),
-    "load_model": (".loading", "load_model"),
+    "load_model": (".models", "load_model"),
     "RobustnessConfig": (".evaluation", "RobustnessConfig"),
     "TrustVisionError": (".errors", "TrustVisionError"),
 }

@@ -1,5 +1,5 @@
 """``python -m trustvision`` (and ``torchrun -m trustvision train ...``): the CLI."""
-from .cli import main
+from .cli.app import main
 
 if __name__ == "__main__":
     main()

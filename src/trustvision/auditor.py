@@ -22,13 +22,13 @@ from typing import Any
 import torch
 
 from . import __version__
-from .data import Dataset
+from .data.dataset import Dataset
 from .errors import ModelModifiedError, TrustVisionError
 from .evaluation import RobustnessConfig, clean_section, robustness_section
-from .evaluation.certify import CertifyConfig, certify_section
-from .evaluation.uap_section import UAPConfig, uap_section
-from .explain.section import ExplainConfig, explain_section
-from .model import Classifier
+from .evaluation.sections.certify import CertifyConfig, certify_section
+from .evaluation.sections.uap import UAPConfig, uap_section
+from .evaluation.sections.explain import ExplainConfig, explain_section
+from .models.classifier import Classifier
 from .progress import Quiet
 from .results import SCHEMA_VERSION, SectionResult, write_json_atomic
 

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from ..errors import TrustVisionError
-from ..model import Classifier
+from ..models.classifier import Classifier
 
 NORMS = ("linf", "l2")
 

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from ..errors import TrustVisionError
-from ..model import Classifier
+from ..models.classifier import Classifier
 from .base import NORMS, AttackResult, MinimalAttack, fooled, perturbation_norms
 from .gradient import check_number
 

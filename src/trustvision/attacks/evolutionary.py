@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from ..errors import TrustVisionError
-from ..model import Classifier
+from ..models.classifier import Classifier
 from .base import Attack, AttackResult, FixedBudgetAttack, fooled, perturbation_norms
 from .gradient import _require, check_number, enforce_budget
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import TrustVisionError
-from ..model import Classifier
+from ..models.classifier import Classifier
 from .base import NORMS, AttackResult, FixedBudgetAttack, fooled, input_gradient, margin_loss, perturbation_norms
 
 LOSSES = ("ce", "margin")

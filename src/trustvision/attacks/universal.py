@@ -62,7 +62,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import TrustVisionError
-from ..model import Classifier
+from ..models.classifier import Classifier
 from .base import NORMS, perturbation_norms
 from .deepfool import DeepFool
 from .gradient import check_number, steepest

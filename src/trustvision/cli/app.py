@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table as RichTable
 
-from .errors import TrustVisionError
+from ..errors import TrustVisionError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="How far can an image-recognition model be trusted? Attacks, robustness curves with "
@@ -48,7 +48,7 @@ OutOpt = Annotated[Path, typer.Option("--out", "-o", help="output folder")]
 def _floats(text: str | None, what: str) -> list[float] | None:
     if text is None:
         return None
-    from .auditor import _number
+    from ..auditor import _number
     try:
         return [_number(t) for t in text.split(",") if t.strip()]
     except (ValueError, ZeroDivisionError):
@@ -92,7 +92,7 @@ def user_errors(fn):
 
 def _load(model, weights, arch, num_classes, channels, input_size, mean, std, labels, trust_pickle, device,
           precision, channels_last, compile):
-    from .loading import load_model
+    from ..models.loading import load_model
     return load_model(model, weights=weights, arch=arch, num_classes=num_classes, channels=channels,
                       input_size=_size(input_size), mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
                       labels=_labels(labels), trust_pickle=trust_pickle, device=device, precision=precision,
@@ -125,8 +125,8 @@ def print_summary(results: dict, out: Path) -> int:
 
 
 def _run_audit(clf, data, cfg, out: Path, data_spec: str) -> int:
-    from .auditor import audit
-    from .progress import rich_progress
+    from ..auditor import audit
+    from ..progress import rich_progress
     with rich_progress(console) as progress:
         results = audit(clf, data, cfg, out, data_spec=data_spec, progress=progress, console=console)
     return print_summary(results, out)
@@ -139,11 +139,11 @@ def demo(out: OutOpt = Path("trustvision-demo"), n: Annotated[int, typer.Option(
          device: DeviceOpt = "cpu", seed: SeedOpt = 0,
          fail_under: Annotated[Optional[list[str]], typer.Option("--fail-under", help="METRIC=VALUE gate")] = None):
     """Train (or reuse) a small CNN on the bundled MNIST digits, audit it, write results.json + report.html."""
-    from .auditor import AuditConfig
-    from .evaluation import RobustnessConfig
-    from .model import Classifier
-    from .progress import rich_progress
-    from .training import mnist_demo_model
+    from ..auditor import AuditConfig
+    from ..evaluation import RobustnessConfig
+    from ..models.classifier import Classifier
+    from ..progress import rich_progress
+    from ..training.cache import mnist_demo_model
     with rich_progress(console) as progress:
         bar = {}
         def tick(done, total):  # noqa: E306
@@ -180,12 +180,12 @@ def audit_cmd(model: ModelOpt, data: DataOpt, out: OutOpt = Path("trustvision-ou
               fail_under: Annotated[Optional[list[str]], typer.Option("--fail-under", help="METRIC=VALUE gate")] = None,
               no_resume: Annotated[bool, typer.Option("--no-resume", help="recompute finished sections")] = False):
     """Audit your model on your data: clean accuracy, robustness curves, soundness flags, report."""
-    from .auditor import AuditConfig
-    from .data import load_dataset
+    from ..auditor import AuditConfig
+    from ..data import load_dataset
     clf = _load(model, weights, arch, num_classes, channels, input_size, mean, std, labels, trust_pickle, device,
                 precision, channels_last, compile)
     if defense:
-        from .defenses.transforms import defend
+        from ..defenses.transforms import defend
         clf = defend(clf, defense)
     ds = load_dataset(data, size=clf.input_size)
     cfg = AuditConfig.from_toml(config) if config else AuditConfig()
@@ -221,7 +221,7 @@ def attack(name: Annotated[str, typer.Argument(help="fgsm | pgd | cw | deepfool"
     clf = _load(model, weights, arch, num_classes, channels, input_size, mean, std, labels, trust_pickle, device,
                 precision, channels_last, compile)
     opts = {k: v for k, v in {"eps": eps, "norm": norm, "steps": steps, "seed": seed}.items() if v is not None}
-    from .data import load_dataset
+    from ..data import load_dataset
     ds = load_dataset(data, size=clf.input_size).conform(clf.channels, clf.num_classes).sample(n, seed)
     summary = run_single_attack(name, opts, clf, ds, out, target=target, batch_size=batch_size, console=console)
     console.print(summary)
@@ -231,8 +231,8 @@ def main() -> None:  # pragma: no cover
     sys.exit(app())
 
 
-from . import cli_explain  # noqa: E402,F401  (registers the ``explain`` command on ``app``)
-from . import cli_certify  # noqa: E402,F401  (registers the ``certify`` command on ``app``)
-from . import cli_uap  # noqa: E402,F401  (registers the ``uap`` command on ``app``)
-from . import cli_train  # noqa: E402,F401  (registers the ``train`` command on ``app``)
-from . import cli_zeroshot  # noqa: E402,F401  (registers the ``zeroshot`` command on ``app``)
+from .commands import explain as cli_explain  # noqa: E402,F401  (registers the ``explain`` command on ``app``)
+from .commands import certify as cli_certify  # noqa: E402,F401  (registers the ``certify`` command on ``app``)
+from .commands import uap as cli_uap  # noqa: E402,F401  (registers the ``uap`` command on ``app``)
+from .commands import train as cli_train  # noqa: E402,F401  (registers the ``train`` command on ``app``)
+from .commands import zeroshot as cli_zeroshot  # noqa: E402,F401  (registers the ``zeroshot`` command on ``app``)

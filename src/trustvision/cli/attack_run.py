@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .attacks import ATTACKS, make_attack
-from .data import Dataset
-from .errors import TrustVisionError
-from .model import Classifier
-from .results import clean_json
+from ..attacks import ATTACKS, make_attack
+from ..data.dataset import Dataset
+from ..errors import TrustVisionError
+from ..models.classifier import Classifier
+from ..results import clean_json
 
 
 def run_single_attack(name: str, options: dict, clf: Classifier, data: Dataset, out: Path, *,
@@ -21,8 +21,8 @@ def run_single_attack(name: str, options: dict, clf: Classifier, data: Dataset, 
     The ``.npz`` holds ``x``, ``x_adv``, ``y``, ``pred_clean``, ``pred_adv``, ``success`` and ``norms``.
     Returns the summary dictionary (success rate, clean/robust accuracy, mean norm, queries).
     """
-    from .evaluation.robustness import run_batched
-    from .report import figures
+    from ..evaluation.sections.robustness import run_batched
+    from ..report import figures
     if name not in ATTACKS:
         raise TrustVisionError(f"unknown attack {name!r}; choose from {', '.join(ATTACKS)}")
     accepted = getattr(ATTACKS[name], "__dataclass_fields__", {})

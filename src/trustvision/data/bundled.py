@@ -13,8 +13,8 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from .data import Dataset
-from .errors import TrustVisionError
+from .dataset import Dataset
+from ..errors import TrustVisionError
 
 NAMES = ("mnist", "digits", "natural")
 NATURAL_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "hubble_deep_field",

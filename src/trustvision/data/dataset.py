@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .errors import TrustVisionError
+from ..errors import TrustVisionError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -206,19 +206,3 @@ def load_folder(root: Path, size: tuple[int, int] | None = None) -> Dataset:
             t = F.interpolate(t[None], size=tuple(size), mode="bilinear", align_corners=False)[0].clamp(0, 1)
         tensors.append(t)
     return Dataset(torch.stack(tensors), torch.tensor(ys), classes, root.name, paths)
-
-
-def load_dataset(spec: str, *, size: tuple[int, int] | None = None) -> Dataset:
-    """Load a dataset from a spec (folder, ``.npz``, or ``mnist``/``digits``/``natural``)."""
-    from . import bundled
-    if spec in bundled.NAMES:
-        return bundled.load(spec)
-    path = Path(spec)
-    if not path.exists():
-        raise TrustVisionError(f"{spec}: no such file or folder (or bundled set: {', '.join(bundled.NAMES)})")
-    if path.is_dir():
-        return load_folder(path, size)
-    if path.suffix.lower() == ".npz":
-        return load_npz(path)
-    raise TrustVisionError(f"{spec}: unsupported data spec (use a class folder, an .npz with x/y, "
-                           f"or one of {', '.join(bundled.NAMES)})")

@@ -3,7 +3,7 @@
 ``Smoothed(classifier, sigma)`` gives PREDICT (abstaining binomial test) and CERTIFY (certified L2
 radius from a Clopper-Pearson bound) on images (N, C, H, W) in [0, 1], and a differentiable
 ``smoothed_logits`` to attack the smoothed classifier.  Gaussian-noise training of the base classifier
-is ``trustvision.training.train_classifier(..., noise_sigma=sigma)``.
+is ``trustvision.training.cache.train_classifier(..., noise_sigma=sigma)``.
 """
 from __future__ import annotations
 

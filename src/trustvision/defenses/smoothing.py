@@ -2,7 +2,7 @@
 Randomized Smoothing", ICML 2019.
 
 The smoothed classifier is ``g(x) = argmax_c P(f(x + ε) = c)`` with ``ε ~ N(0, σ² I)``, where
-``f`` is the base classifier (the argmax of a :class:`~trustvision.model.Classifier`'s logits).
+``f`` is the base classifier (the argmax of a :class:`~trustvision.models.classifier.Classifier`'s logits).
 If the top class has probability ``p_A ≥ p̲_A > 1/2``, ``g`` is constant on the L2 ball of
 radius ``σ·Φ⁻¹(p̲_A)`` around ``x`` (their Theorem 1 with ``p̄_B = 1 − p̲_A``).
 
@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from ..attacks.base import log_mean_softmax
 from ..attacks.gradient import check_number
 from ..errors import TrustVisionError
-from ..model import Classifier
+from ..models.classifier import Classifier
 
 ABSTAIN = -1
 
@@ -274,12 +274,13 @@ class _SmoothedModule(nn.Module):
 
 
 def noise_trained_mnist(sigma: float = 0.25, *, seed: int = 0, epochs: int = 4, progress=None):
-    """:func:`trustvision.zoo.smallcnn` trained with Gaussian noise ``sigma`` on the bundled MNIST (80/20 split).
+    """:func:`trustvision.models.zoo.small.smallcnn` trained with Gaussian noise ``sigma`` on the bundled MNIST (80/20 split).
 
     Cached like the demo model.  Returns (module, train set, test set, weights path, cached?).
     """
-    from .. import bundled, zoo
-    from ..training import cached_model, train_classifier
+    from ..data import bundled
+    from ..models.zoo import small as zoo
+    from ..training.cache import cached_model, train_classifier
     train, test = bundled.load("mnist").split(0.2, seed=seed)
     key = {"name": "mnist-smallcnn-noise", "sigma": float(sigma), "seed": seed, "epochs": epochs, "v": 1,
            "torch": torch.__version__.split("+")[0]}

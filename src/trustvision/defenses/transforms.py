@@ -18,7 +18,7 @@ that all of these fall to *adaptive* attacks: **BPDA** (backward pass differenti
 use the identity as the transform's gradient) for the shattered gradients of JPEG and bit-depth, and
 **EOT** (expectation over transformation: attack the mean over random draws) for randomization.
 :meth:`DefendedClassifier.bpda` gives the straight-through view ``x + (t(x) − x).detach()``, whose forward
-pass is the defence's exactly; :mod:`trustvision.evaluation.adaptive` detects when to use it.
+pass is the defence's exactly; :mod:`trustvision.evaluation.sections.adaptive` detects when to use it.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import TrustVisionError
-from ..model import Classifier
+from ..models.classifier import Classifier
 
 
 class InputTransform(nn.Module):

@@ -23,7 +23,7 @@ from torch import Tensor
 from ..attacks.base import perturbation_norms
 from ..attacks.universal import project_v
 from ..errors import TrustVisionError
-from ..model import Classifier
+from ..models.classifier import Classifier
 
 CONTROLS = ("permuted", "random")
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..attacks.base import input_gradient
-from ..model import Classifier
+from ..models.classifier import Classifier
 from ..results import Flag
 
 

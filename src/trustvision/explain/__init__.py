@@ -5,13 +5,12 @@
 * :mod:`.faithfulness` — deletion / insertion curves and AUCs (Petsiuk et al. 2018, RISE);
 * :mod:`.clustering` — k-means over maps, per-group cluster distribution, chi-square test
   (Sakaguchi et al. 2022);
-* :mod:`.section` — the opt-in ``explain`` audit section.
+The opt-in ``explain`` audit section is :mod:`trustvision.evaluation.sections.explain`.
 """
 from .cam import CAM, METHODS, CAMResult, compute_cams, find_layer, vit_reshape
 from .clustering import Clustering, GroupTest, cluster_maps, group_test, read_groups
 from .faithfulness import FaithfulnessResult, deletion_insertion, random_saliency
-from .section import ExplainConfig, explain_section, top_region_iou
 
-__all__ = ["CAM", "METHODS", "CAMResult", "Clustering", "ExplainConfig", "FaithfulnessResult", "GroupTest",
-           "cluster_maps", "compute_cams", "deletion_insertion", "explain_section", "find_layer", "group_test",
-           "random_saliency", "read_groups", "top_region_iou", "vit_reshape"]
+__all__ = ["CAM", "METHODS", "CAMResult", "Clustering", "FaithfulnessResult", "GroupTest",
+           "cluster_maps", "compute_cams", "deletion_insertion", "find_layer", "group_test",
+           "random_saliency", "read_groups", "vit_reshape"]

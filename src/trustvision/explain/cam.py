@@ -18,7 +18,7 @@ A whole batch takes one forward and one backward pass (the gradient of the *sum*
 chosen class scores with respect to the layer's output, via :func:`torch.autograd.grad`):
 no per-image loops, no host round-trips.  The layer's output is detached inside the forward
 hook, so backward stops at the target layer and no parameter ever receives a gradient;
-hooks are removed in a ``finally``.  Images go through the :class:`~trustvision.model.Classifier`,
+hooks are removed in a ``finally``.  Images go through the :class:`~trustvision.models.classifier.Classifier`,
 so its preprocessing (resize, mean/std) applies.
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import TrustVisionError
-from ..model import Classifier
+from ..models.classifier import Classifier
 
 METHODS = ("gradcam", "gradcam++", "layercam", "hirescam")
 Reshape = Callable[[Tensor], Tensor]

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ..errors import TrustVisionError
-from ..model import Classifier
+from ..models.classifier import Classifier
 
 
 @dataclass

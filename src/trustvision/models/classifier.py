@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import TrustVisionError
+from ..errors import TrustVisionError
 
 PRECISIONS = ("fp32", "bf16")
 

@@ -1,9 +1,9 @@
-"""Model specs -> :class:`~trustvision.model.Classifier`, safely.
+"""Model specs -> :class:`~trustvision.models.classifier.Classifier`, safely.
 
 Specs understood by :func:`load_model`:
 
 * ``torchvision:NAME`` / ``timm:NAME`` / ``trustvision:NAME`` (the small zoo of
-  :mod:`trustvision.zoo`), built without pretrained weights; ``weights=FILE``
+  :mod:`trustvision.models.zoo.small`), built without pretrained weights; ``weights=FILE``
   loads a state dict into them;
 * ``FILE.safetensors|.pt|.pth|.bin|.ckpt`` state dicts with ``arch=`` (any
   architecture spec above or ``module.py:factory``); ``module.``/``_orig_mod.``
@@ -38,9 +38,9 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from . import zoo
-from .errors import TrustVisionError
-from .model import Classifier
+from .zoo import small as zoo
+from ..errors import TrustVisionError
+from .classifier import Classifier
 
 PREFIXES = ("torchvision", "timm", "trustvision")
 TORCHSCRIPT_SUFFIXES = {".ts", ".jit", ".torchscript"}

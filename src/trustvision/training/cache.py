@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import Dataset
-from .errors import TrustVisionError
+from ..data.dataset import Dataset
+from ..errors import TrustVisionError
 
 
 def cache_dir() -> Path:
@@ -86,11 +86,12 @@ def cached_model(key: dict, build: Callable[[], nn.Module], train: Callable[[nn.
 
 
 def mnist_demo_model(*, seed: int = 0, epochs: int = 4, progress=None) -> tuple[nn.Module, Dataset, Dataset, Path, bool]:
-    """The demo model: :func:`trustvision.zoo.smallcnn` trained on the bundled MNIST (80/20 seeded split).
+    """The demo model: :func:`trustvision.models.zoo.small.smallcnn` trained on the bundled MNIST (80/20 seeded split).
 
     Returns (module, train set, test set, weights path, cached?).
     """
-    from . import bundled, zoo
+    from ..data import bundled
+    from ..models.zoo import small as zoo
     train, test = bundled.load("mnist").split(0.2, seed=seed)
     key = {"name": "mnist-smallcnn", "seed": seed, "epochs": epochs, "v": 3, "torch": torch.__version__.split("+")[0]}
     module, path, cached = cached_model(

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as tdist
 from torch import Tensor
 
-from .errors import TrustVisionError
+from ..errors import TrustVisionError
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@
 
 The examples are made with the project's own attack primitives (:func:`~trustvision.attacks.base.input_gradient`,
 :func:`~trustvision.attacks.gradient.steepest` / ``project`` / ``enforce_budget``) through a
-:class:`~trustvision.model.Classifier` on the *unwrapped* module in eval mode, as TRADES and most
+:class:`~trustvision.models.classifier.Classifier` on the *unwrapped* module in eval mode, as TRADES and most
 reference code do; only the parameter update runs in train mode.
 
 **Distributed**: under ``torchrun --nproc-per-node N`` the module is wrapped in
@@ -27,7 +27,7 @@ rank 0 writes checkpoints.
 finished epoch.  The data order, random starts and learning rate depend only on (seed, epoch, step),
 so a resumed run ends with the same weights as an uninterrupted one.
 
-Shapes: training images (N, C, H, W) in [0, 1], labels (N,) int64, as a :class:`~trustvision.data.Dataset`.
+Shapes: training images (N, C, H, W) in [0, 1], labels (N,) int64, as a :class:`~trustvision.data.dataset.Dataset`.
 """
 from __future__ import annotations
 
@@ -46,10 +46,10 @@ from torch import Tensor, nn
 from torch.utils.data import DistributedSampler
 
 from ..attacks.gradient import attack_loss, check_number, enforce_budget, pgd_steps, project
-from ..data import Dataset
-from ..distributed import SINGLE, Dist
+from ..data.dataset import Dataset
+from .distributed import SINGLE, Dist
 from ..errors import TrustVisionError
-from ..model import Classifier
+from ..models.classifier import Classifier
 from ..progress import Quiet
 from ..results import write_json_atomic
 from . import checkpoint
@@ -327,13 +327,14 @@ def train(module: nn.Module, train_data: Dataset, eval_data: Dataset | None, cfg
 
 def adversarially_trained_mnist(method: str = "pgd", *, eps: float = 0.2, epochs: int = 3, attack_steps: int = 3,
                                 seed: int = 0, progress=None):
-    """:func:`trustvision.zoo.smallcnn` trained with ``method`` at L∞ ``eps`` on the bundled MNIST (80/20 split).
+    """:func:`trustvision.models.zoo.small.smallcnn` trained with ``method`` at L∞ ``eps`` on the bundled MNIST (80/20 split).
 
     Cached like the demo model (eps ramps up over the first epoch).  Returns (module, train set, test set,
     weights path, cached?).
     """
-    from .. import bundled, zoo
-    from ..training import cached_model
+    from ..data import bundled
+    from ..models.zoo import small as zoo
+    from .cache import cached_model
     train_set, test_set = bundled.load("mnist").split(0.2, seed=seed)
     cfg = TrainConfig(method=method, epochs=epochs, batch_size=64, eps=eps, eps_warmup_epochs=1.0,
                       attack_steps=attack_steps, seed=seed)

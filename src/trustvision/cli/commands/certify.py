@@ -1,6 +1,6 @@
 """``trustvision certify``: certified L2 robustness by randomized smoothing (Cohen, Rosenfeld & Kolter, ICML 2019).
 
-Registered on :data:`trustvision.cli.app` (imported at the end of :mod:`trustvision.cli`).  Runs the
+Registered on :data:`trustvision.cli.app.app` (imported at the end of :mod:`trustvision.cli.app`).  Runs the
 ``clean`` and ``certify`` audit sections on images (N, C, H, W) in [0, 1] and writes ``results.json``,
 ``report.html``, ``certify_curve.png`` and ``certify_radii.png`` into ``--out``.  See ``docs/smoothing.md``.
 """
@@ -11,10 +11,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from .cli import (ArchOpt, ChannelsOpt, ClassesOpt, CLOpt, CompileOpt, DataOpt, DeviceOpt, LabelsOpt, MeanOpt, ModelOpt,
+from ..app import (ArchOpt, ChannelsOpt, ClassesOpt, CLOpt, CompileOpt, DataOpt, DeviceOpt, LabelsOpt, MeanOpt, ModelOpt,
                   OutOpt, PickleOpt, PrecisionOpt, SeedOpt, SizeOpt, StdOpt, WeightsOpt, _load, _run_audit, app,
                   console, user_errors)
-from .errors import TrustVisionError
+from ...errors import TrustVisionError
 
 
 @app.command()
@@ -36,10 +36,10 @@ def certify(model: ModelOpt, data: DataOpt, out: OutOpt = Path("trustvision-cert
                 "--fail-under", help="METRIC=VALUE gate, e.g. certified_accuracy@0.5=0.6")] = None,
             no_resume: Annotated[bool, typer.Option("--no-resume", help="recompute finished sections")] = False):
     """Certify the Gaussian-smoothed model: certified accuracy vs L2 radius, abstentions, per-image radius."""
-    from .auditor import AuditConfig
-    from .cli import _floats
-    from .data import load_dataset
-    from .evaluation.certify import CertifyConfig
+    from ...auditor import AuditConfig
+    from ..app import _floats
+    from ...data import load_dataset
+    from ...evaluation.sections.certify import CertifyConfig
     if images < 1:
         raise TrustVisionError(f"--images must be >= 1, got {images}")
     cert = CertifyConfig(sigma=sigma, n0=n0, n=n, alpha=alpha, batch_size=batch_size, max_images=None,

@@ -1,6 +1,6 @@
 """``trustvision explain``: CAMs, faithfulness, clusters of attention and attention under attack.
 
-Registered on :data:`trustvision.cli.app` (imported at the end of :mod:`trustvision.cli`).
+Registered on :data:`trustvision.cli.app.app` (imported at the end of :mod:`trustvision.cli.app`).
 Runs the ``clean`` and ``explain`` audit sections and writes ``results.json``, ``report.html``,
 the figures and ``explain_maps.npz`` into ``--out``.  See ``docs/explain.md``.
 """
@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .cli import (ArchOpt, BatchOpt, ChannelsOpt, ClassesOpt, CLOpt, CompileOpt, DataOpt, DeviceOpt, LabelsOpt, MeanOpt,
+from ..app import (ArchOpt, BatchOpt, ChannelsOpt, ClassesOpt, CLOpt, CompileOpt, DataOpt, DeviceOpt, LabelsOpt, MeanOpt,
                   ModelOpt, OutOpt, PickleOpt, PrecisionOpt, SeedOpt, SizeOpt, StdOpt, WeightsOpt, _load, _run_audit,
                   app, console, user_errors)
 
@@ -37,10 +37,11 @@ def explain(model: ModelOpt, data: DataOpt, out: OutOpt = Path("trustvision-expl
             no_resume: Annotated[bool, typer.Option("--no-resume", help="recompute finished sections")] = False):
     """Explain the model: Grad-CAM++ maps, deletion/insertion faithfulness, k-means clusters of attention
     (per class and per --groups), attention shift under attack; results.json + report.html."""
-    from .auditor import AuditConfig
-    from .cli import _floats
-    from .data import load_dataset
-    from .explain import ExplainConfig, read_groups
+    from ...auditor import AuditConfig
+    from ..app import _floats
+    from ...data import load_dataset
+    from ...explain import read_groups
+    from ...evaluation.sections.explain import ExplainConfig
     clf = _load(model, weights, arch, num_classes, channels, input_size, mean, std, labels, trust_pickle, device,
                 precision, channels_last, compile)
     ds = load_dataset(data, size=clf.input_size).conform(clf.channels, clf.num_classes)

@@ -1,6 +1,6 @@
-"""``trustvision train``: standard, PGD-AT, fast-AT and TRADES training (see :mod:`trustvision.defenses.training`).
+"""``trustvision train``: standard, PGD-AT, fast-AT and TRADES training (see :mod:`trustvision.training.trainer`).
 
-Registered on :data:`trustvision.cli.app` (imported at the end of :mod:`trustvision.cli`).  Runs unchanged
+Registered on :data:`trustvision.cli.app.app` (imported at the end of :mod:`trustvision.cli.app`).  Runs unchanged
 under ``torchrun --nproc-per-node N -m trustvision train ...`` (DDP, gloo on the CPU, nccl on CUDA).
 Writes ``OUT/model.safetensors`` (plain weights, auditable with ``--arch``), ``OUT/checkpoint.safetensors``
 (resume), ``OUT/history.json`` and ``OUT/training.png`` (per-epoch curves); see ``docs/training.md``.
@@ -15,8 +15,8 @@ import torch
 import typer
 from rich.table import Table as RichTable
 
-from .cli import DataOpt, MeanOpt, OutOpt, SeedOpt, SizeOpt, StdOpt, _floats, _size, app, console, user_errors
-from .errors import TrustVisionError
+from ..app import DataOpt, MeanOpt, OutOpt, SeedOpt, SizeOpt, StdOpt, _floats, _size, app, console, user_errors
+from ...errors import TrustVisionError
 
 
 @app.command()
@@ -44,11 +44,11 @@ def train(arch: Annotated[str, typer.Option(help="architecture, e.g. trustvision
           seed: SeedOpt = 0,
           no_resume: Annotated[bool, typer.Option("--no-resume", help="ignore an existing checkpoint")] = False):
     """Train a model, adversarially or not; evaluate clean and PGD accuracy after every epoch; checkpoint and resume."""
-    from . import distributed
-    from .data import load_dataset
-    from .defenses.training import TrainConfig, train as run_train
-    from .loading import _build, _fixed_size, _probe
-    from .progress import Quiet, rich_progress
+    from ...training import distributed
+    from ...data import load_dataset
+    from ...training.trainer import TrainConfig, train as run_train
+    from ...models.loading import _build, _fixed_size, _probe
+    from ...progress import Quiet, rich_progress
 
     budget = _floats(eps, "--eps")
     if not budget or len(budget) != 1:
@@ -89,7 +89,7 @@ def train(arch: Annotated[str, typer.Option(help="architecture, e.g. trustvision
     finally:
         distributed.shutdown()
     if dist.main:
-        from .report.train_figures import training_curves
+        from ...report.train_figures import training_curves
         _print_history(res.history, res.resumed_from)
         training_curves(res.history, out / "training.png", title=f"{cfg.method} training of {arch}")
         console.print(f"curves: {out / 'training.png'}\nweights: {out / 'model.safetensors'}  (audit with --model {out / 'model.safetensors'} "

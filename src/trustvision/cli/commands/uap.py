@@ -1,6 +1,6 @@
 """``trustvision uap``: a universal adversarial perturbation from non-domain images, vs random controls.
 
-Registered on :data:`trustvision.cli.app` (imported at the end of :mod:`trustvision.cli`).  Runs the
+Registered on :data:`trustvision.cli.app.app` (imported at the end of :mod:`trustvision.cli.app`).  Runs the
 ``clean`` and ``uap`` audit sections and writes ``uap.npy``, ``uap.png``, the figures,
 ``results.json`` and ``report.html`` into ``--out``.  See ``docs/universal.md``.
 """
@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .cli import (ArchOpt, BatchOpt, ChannelsOpt, ClassesOpt, CLOpt, CompileOpt, DeviceOpt, LabelsOpt, MeanOpt,
+from ..app import (ArchOpt, BatchOpt, ChannelsOpt, ClassesOpt, CLOpt, CompileOpt, DeviceOpt, LabelsOpt, MeanOpt,
                   ModelOpt, OutOpt, PickleOpt, PrecisionOpt, SeedOpt, SizeOpt, StdOpt, WeightsOpt, _load, _run_audit,
                   app, console, user_errors)
 
@@ -41,10 +41,10 @@ def uap(model: ModelOpt,
         no_resume: Annotated[bool, typer.Option("--no-resume", help="recompute finished sections/passes")] = False):
     """Build a UAP from --source images, evaluate it on --eval against two random controls of the same norm
     (pixel-permuted, uniform random), ζ sweep, transfer to --also models; results.json + report.html."""
-    from .auditor import AuditConfig
-    from .cli import _floats
-    from .data import load_dataset
-    from .evaluation.uap_section import UAPConfig
+    from ...auditor import AuditConfig
+    from ..app import _floats
+    from ...data import load_dataset
+    from ...evaluation.sections.uap import UAPConfig
     clf = _load(model, weights, arch, num_classes, channels, input_size, mean, std, labels, trust_pickle, device,
                 precision, channels_last, compile)
     ds = load_dataset(eval, size=clf.input_size).conform(clf.channels, clf.num_classes).sample(n, seed)

@@ -1,7 +1,7 @@
 """``trustvision zeroshot``: Raw Zero-Shot feature transferability and its link to attacks.
 
-Kotyan, Matsuki & Vargas, PLOS ONE 2022 (e0266060).  Registered on :data:`trustvision.cli.app`
-(imported at the end of :mod:`trustvision.cli`).  Trains, per architecture of the zoo, one full and N
+Kotyan, Matsuki & Vargas, PLOS ONE 2022 (e0266060).  Registered on :data:`trustvision.cli.app.app`
+(imported at the end of :mod:`trustvision.cli.app`).  Trains, per architecture of the zoo, one full and N
 held-out classifiers on images (N, C, H, W) in [0, 1], writes them to ``OUT/models/`` (a re-run
 resumes), then ``results.json``, ``report.html`` and the figures into ``--out``.  See ``docs/zeroshot.md``.
 """
@@ -12,8 +12,8 @@ from typing import Annotated, Any
 
 import typer
 
-from .cli import DataOpt, DeviceOpt, OutOpt, SeedOpt, app, console, user_errors
-from .errors import TrustVisionError
+from ..app import DataOpt, DeviceOpt, OutOpt, SeedOpt, app, console, user_errors
+from ...errors import TrustVisionError
 
 
 def _value(text: str) -> Any:
@@ -85,9 +85,9 @@ def zeroshot(data: DataOpt, out: OutOpt = Path("trustvision-zeroshot"),
     from rich.markup import escape
     from rich.table import Table as RichTable
 
-    from .data import load_dataset
-    from .evaluation.zeroshot import DEFAULT_ATTACKS, ZeroShotConfig, run_zeroshot
-    from .progress import rich_progress
+    from ...data import load_dataset
+    from ...evaluation.sections.zeroshot import DEFAULT_ATTACKS, ZeroShotConfig, run_zeroshot
+    from ...progress import rich_progress
     attacks = dict(parse_attack(s) for s in attack) if attack else {k: dict(v) for k, v in DEFAULT_ATTACKS.items()}
     cfg = ZeroShotConfig(archs=[a.strip() for a in archs.split(",") if a.strip()], classes=_ints(classes, "--classes"),
                          epochs=epochs, batch_size=batch_size, lr=lr, train_images=train_images,

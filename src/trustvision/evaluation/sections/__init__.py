@@ -1,1 +1,1 @@
-"""sections."""
+"""Audit sections: each turns (Classifier, Dataset, config) into a :class:`~trustvision.results.SectionResult`."""

@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..attacks.base import input_gradient, log_mean_softmax
-from ..model import Classifier
-from ..results import Flag, Table
+from ...attacks.base import input_gradient, log_mean_softmax
+from ...models.classifier import Classifier
+from ...results import Flag, Table
 
 
 @dataclass
@@ -100,7 +100,7 @@ def adaptive_view(clf: Classifier, found: Probe, eot_samples: int) -> Classifier
 def flags(found: Probe, naive: dict[str, dict[float, float]], adaptive: dict[str, dict[float, float]],
           norms: dict[str, str], n: int) -> list[Flag]:
     """Flags saying what was detected, what was done, and how far the numbers moved (naive -> adaptive)."""
-    from .soundness import tolerance
+    from ..soundness import tolerance
     out = []
     drops = []
     for name, curve in adaptive.items():

@@ -17,11 +17,11 @@ import time
 import torch
 from torch import Tensor
 
-from ..data import Dataset
-from ..errors import TrustVisionError
-from ..model import Classifier
-from ..progress import Quiet
-from ..results import Flag, SectionResult, Table
+from ...data.dataset import Dataset
+from ...errors import TrustVisionError
+from ...models.classifier import Classifier
+from ...progress import Quiet
+from ...results import Flag, SectionResult, Table
 
 
 def per_class_accuracy(correct: Tensor, y: Tensor, num_classes: int) -> Tensor:

@@ -23,14 +23,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..data import Dataset
-from ..errors import TrustVisionError
-from ..model import Classifier
-from ..progress import Quiet
-from ..results import Figure, Flag, SectionResult, Table
-from .cam import METHODS, compute_cams, find_layer
-from .clustering import cluster_maps, group_test
-from .faithfulness import deletion_insertion, random_saliency
+from ...data.dataset import Dataset
+from ...errors import TrustVisionError
+from ...models.classifier import Classifier
+from ...progress import Quiet
+from ...results import Figure, Flag, SectionResult, Table
+from ...explain.cam import METHODS, compute_cams, find_layer
+from ...explain.clustering import cluster_maps, group_test
+from ...explain.faithfulness import deletion_insertion, random_saliency
 
 
 @dataclass
@@ -77,7 +77,7 @@ class ExplainConfig:
 
     def build_attack(self):
         """The attack for 'attention under attack' (a robustness preset with ``attack_options``)."""
-        from ..evaluation.robustness import RobustnessConfig
+        from .robustness import RobustnessConfig
         rob = RobustnessConfig(attacks=[self.attack], attack_options={self.attack: dict(self.attack_options)},
                                seed=self.seed)
         return rob.build(self.attack)
@@ -99,7 +99,7 @@ def top_region_iou(a: Tensor, b: Tensor, fraction: float = 0.2) -> Tensor:
 
 
 def _attention_under_attack(cfg: ExplainConfig, clf: Classifier, data: Dataset, correct: Tensor, batch_size: int):
-    from ..evaluation.robustness import run_batched
+    from .robustness import run_batched
     idx = correct.nonzero()[:cfg.attack_images, 0]
     if cfg.attack is None or len(idx) == 0:
         return None
@@ -115,7 +115,7 @@ def _attention_under_attack(cfg: ExplainConfig, clf: Classifier, data: Dataset, 
 def explain_section(clf: Classifier, data: Dataset, clean_logits: Tensor, cfg: ExplainConfig | None = None, *,
                     out_dir: Path | None = None, batch_size: int = 128, progress=None) -> SectionResult:
     """Run the explain section on ``data`` (x (N, C, H, W), y (N,) CPU); ``clean_logits`` (N, K)."""
-    from ..report import explain_figures as figs
+    from ...report import explain_figures as figs
     cfg = cfg or ExplainConfig()
     progress = progress or Quiet()
     t0 = time.perf_counter()

@@ -21,14 +21,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..attacks import ATTACKS, PGD, AttackResult, make_attack
-from ..data import Dataset
-from ..errors import TrustVisionError
-from ..model import Classifier
-from ..progress import Quiet
-from ..results import Figure, SectionResult, Table
+from ...attacks import ATTACKS, PGD, AttackResult, make_attack
+from ...data.dataset import Dataset
+from ...errors import TrustVisionError
+from ...models.classifier import Classifier
+from ...progress import Quiet
+from ...results import Figure, SectionResult, Table
 from . import adaptive as adaptive_eval
-from . import soundness
+from .. import soundness
 
 NORMS = ("linf", "l2", "l0")     # budget lists eps_<norm> of RobustnessConfig
 
@@ -239,7 +239,7 @@ def robustness_section(clf: Classifier, data: Dataset, clean_logits: Tensor, cfg
         clean_logits: (N, K) logits from the clean section (avoids recomputing).
         out_dir: where figures and ``adversarial_examples.npz`` go (no files when None).
     """
-    from ..report import figures
+    from ...report import figures
     cfg = cfg or RobustnessConfig()
     progress = progress or Quiet()
     t0 = time.perf_counter()

@@ -20,13 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..attacks.universal import UniversalPerturbation
-from ..data import Dataset
-from ..errors import TrustVisionError
-from ..model import Classifier
-from ..progress import Quiet
-from ..results import Figure, Flag, SectionResult, Table
-from . import fooling
+from ...attacks.universal import UniversalPerturbation
+from ...data.dataset import Dataset
+from ...errors import TrustVisionError
+from ...models.classifier import Classifier
+from ...progress import Quiet
+from ...results import Figure, Flag, SectionResult, Table
+from .. import fooling
 
 LUMA = (0.299, 0.587, 0.114)
 
@@ -35,13 +35,13 @@ def source_images(spec: str, *, n: int, size: tuple[int, int], channels: int, se
     """Source images (n, channels, H, W) in [0, 1] for building a UAP.
 
     ``spec`` is ``natural`` (random crops/flips of the skimage photographs, made at the model's input
-    size) or anything :func:`trustvision.data.load_dataset` reads (folder, ``.npz``, ``mnist``...),
+    size) or anything :func:`trustvision.data.dataset.load_dataset` reads (folder, ``.npz``, ``mnist``...),
     resized to ``size`` and sampled (seeded) down to ``n``.  Colour is converted to one channel by
     luminance (ITU-R 601 weights) for 1-channel models: acceptable here because the images are only a
     *source* for the perturbation, never evaluation data.  One channel is replicated for 3-channel models.
     """
-    from ..bundled import natural_images
-    from ..data import load_dataset
+    from ...data.bundled import natural_images
+    from ...data import load_dataset
     if spec == "natural":
         side = max(size)
         x = natural_images(n, side, seed)
@@ -92,7 +92,7 @@ class UAPConfig:
 
 def _load_transfer(spec: str, clf: Classifier) -> Classifier:
     """``SPEC`` or ``ARCH@WEIGHTS`` loaded with the main model's classes, channels, size and normalisation."""
-    from ..loading import load_model
+    from ...models.loading import load_model
     arch, _, weights = spec.partition("@")
     d = clf.describe()
     return load_model(arch, weights=weights or None, num_classes=clf.num_classes, channels=clf.channels,
@@ -106,7 +106,7 @@ def uap_section(clf: Classifier, data: Dataset, clean_logits: Tensor, cfg: UAPCo
     Writes (when ``out_dir`` is given) ``uap.npy`` (1, C, H, W), ``uap.png`` (amplified) and the figures;
     the generator checkpoints every pass to ``out_dir/uap/`` so an interrupted run resumes.
     """
-    from ..report import uap_figures as uf
+    from ...report import uap_figures as uf
     cfg = cfg or UAPConfig()
     progress = progress or Quiet()
     t0 = time.perf_counter()

@@ -14,10 +14,10 @@ attacks and defences", PLOS ONE 17(4) e0266060, 2022.  For an N-class dataset an
    attacks) and correlate the metrics with attack success (Pearson and Spearman, with p-values), per
    architecture and per (architecture, class).
 
-Training is :func:`trustvision.training.train_classifier` through :func:`~trustvision.training.cached_model`
+Training is :func:`trustvision.training.cache.train_classifier` through :func:`~trustvision.training.cache.cached_model`
 (seeded, cached); every model is also written atomically to ``OUT/models/ARCH-heldK.safetensors``
 (``ARCH-full``) stamped with a key, and attack results to ``OUT/attacks/``, so an interrupted run resumes.
-Images are (N, C, H, W) in [0, 1]; the architectures are :data:`trustvision.zoo.ARCHS` names.
+Images are (N, C, H, W) in [0, 1]; the architectures are :data:`trustvision.models.zoo.small.ARCHS` names.
 """
 from __future__ import annotations
 
@@ -34,13 +34,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data import Dataset
-from ..errors import TrustVisionError
-from ..model import Classifier
-from ..progress import Quiet
-from ..results import SectionResult
-from ..training import cached_model, train_classifier
-from . import zeroshot_metrics as zm
+from ...data.dataset import Dataset
+from ...errors import TrustVisionError
+from ...models.classifier import Classifier
+from ...progress import Quiet
+from ...results import SectionResult
+from ...training.cache import cached_model, train_classifier
+from .. import zeroshot_metrics as zm
 
 DEFAULT_ATTACKS: dict[str, dict[str, Any]] = {
     "pixel": {"th": 10, "pop_size": 50, "generations": 30},
@@ -75,7 +75,7 @@ class ZeroShotConfig:
     resume: bool = True
 
     def __post_init__(self) -> None:
-        from .. import zoo
+        from ...models.zoo import small as zoo
         bad = [a for a in self.archs if a not in zoo.ARCHS]
         if bad or not self.archs:
             raise TrustVisionError(f"--archs: unknown architecture(s) {bad or '(none given)'}; choose from "
@@ -139,12 +139,12 @@ def trained_model(arch: str, train: Dataset, held: int | None, cfg: ZeroShotConf
     """The ``arch`` classifier for ``train`` (held-out class ``held`` or None for the full model).
 
     Loads ``OUT/models/ARCH-heldK.safetensors`` when its key matches, else trains (or takes the cache of)
-    :func:`~trustvision.training.cached_model` and writes the file atomically.
+    :func:`~trustvision.training.cache.cached_model` and writes the file atomically.
     Returns (module in eval mode, whether it was trained now, key digest).
     """
     from safetensors.torch import save_file
 
-    from .. import zoo
+    from ...models.zoo import small as zoo
     nc, ch = train.num_classes, int(train.x.shape[1])
     tag = "full" if held is None else f"held{held}"
     key = {"name": f"zeroshot-{arch}-{tag}", "arch": arch, "held_out": held, "num_classes": nc, "channels": ch,
@@ -254,7 +254,7 @@ def run_arch(arch: str, train: Dataset, test: Dataset, cfg: ZeroShotConfig, out:
 
 
 def _attack_opts(name: str, opts: dict[str, Any], seed: int) -> dict[str, Any]:
-    from ..attacks import ATTACKS
+    from ...attacks import ATTACKS
     cls = ATTACKS.get(str(name).lower())
     fields = {f.name for f in dataclasses.fields(cls)} if cls is not None and dataclasses.is_dataclass(cls) else set()
     return {**({"seed": seed} if "seed" in fields else {}), **opts}
@@ -262,14 +262,14 @@ def _attack_opts(name: str, opts: dict[str, Any], seed: int) -> dict[str, Any]:
 
 def make_attacks(cfg: ZeroShotConfig) -> dict[str, Any]:
     """Build every configured attack once (so a bad name or option fails before any training)."""
-    from ..attacks import make_attack
+    from ...attacks import make_attack
     return {name: make_attack(name, **_attack_opts(name, opts, cfg.seed)) for name, opts in cfg.attacks.items()}
 
 
 def _attack(name: str, opts: dict[str, Any], clf: Classifier, test: Dataset, idx: Tensor, cfg: ZeroShotConfig,
             out: Path, arch: str, model_key: str) -> dict[str, Any]:
     """Success of attack ``name`` on the full model over images ``idx``: overall and per class (cached)."""
-    from ..attacks import make_attack
+    from ...attacks import make_attack
     full_opts = _attack_opts(name, opts, cfg.seed)
     fp = _digest([model_key, name, full_opts, idx.tolist(), data_digest(test)])
     path = out / "attacks" / f"{arch}-{name}.json"
@@ -292,7 +292,7 @@ def _attack(name: str, opts: dict[str, Any], clf: Classifier, test: Dataset, idx
                  for c in range(test.num_classes)]
     result = {"success_rate": float(success.float().mean()) if len(idx) else None, "per_class": per_class,
               "n": len(idx), "options": full_opts}
-    from ..results import write_json_atomic
+    from ...results import write_json_atomic
     write_json_atomic(path, {"fingerprint": fp, "result": result})
     return result
 
@@ -323,9 +323,9 @@ def run_zeroshot(data: Dataset, cfg: ZeroShotConfig, out_dir: str | Path, *, dat
     """The whole run: the section, then ``OUT/results.json`` and ``OUT/report.html``; returns the results."""
     import datetime as _dt
 
-    from .. import __version__
-    from ..report import render_report
-    from ..results import SCHEMA_VERSION, write_json_atomic
+    from ... import __version__
+    from ...report import render_report
+    from ...results import SCHEMA_VERSION, write_json_atomic
     out = Path(out_dir)
     sec = zeroshot_section(data, cfg, out, progress)
     m = sec.metrics

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from ..results import Figure, Flag, SectionResult, Table
-from . import zeroshot_metrics as zm
+from ...results import Figure, Flag, SectionResult, Table
+from .. import zeroshot_metrics as zm
 
 METRICS = ("dbm", "am", "entropy", "silhouette")
 LOW_ACCURACY = 0.9
@@ -38,7 +38,7 @@ def _r(v: Any, nd: int = 4) -> Any:
 
 def summarise(records: list[dict], labels: list[str], cfg, out: Path) -> SectionResult:
     """Tables, metrics, correlation, figures (written into ``out``) and flags of a Raw Zero-Shot run."""
-    from ..report import zeroshot_figures as zf
+    from ...report import zeroshot_figures as zf
     archs = [r["arch"] for r in records]
     agg: dict[str, dict[str, Any]] = {f"{m}_{s}": {} for m in METRICS for s in ("mean", "std")}
     for r in records:

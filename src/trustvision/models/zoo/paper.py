@@ -3,7 +3,7 @@
 Every factory takes ``(num_classes, channels, width)`` and returns an ``nn.Module`` mapping images
 (B, channels, H, W), H, W >= 16 (sized for 28x28 and 32x32), to logits (B, num_classes).
 ``width`` is always the number of output channels of the *first* convolution, so that
-:mod:`trustvision.loading` can read it back from a state dict.  All are far smaller than the
+:mod:`trustvision.models.loading` can read it back from a state dict.  All are far smaller than the
 originals (13-95 k parameters, 0.4-8.5 MMAC per 28x28 image) so that a CPU trains each on
 4 000 MNIST digits in seconds; BatchNorm is added where the original had none (All-Conv, NiN) so a
 few epochs of Adam suffice.
@@ -18,7 +18,7 @@ few epochs of Adam suffice.
   with a compressing transition.
 * ``wideresnet``: WRN-10-2 (Zagoruyko & Komodakis 2016): pre-activation blocks widened by ``widen``.
 * ``vgg``: VGG-style (Simonyan & Zisserman 2015): stacked 3x3 convolutions with max-pooling.
-* ``capsnet``: CapsNet with dynamic routing (Sabour et al. 2017), in :mod:`trustvision.capsnet`.
+* ``capsnet``: CapsNet with dynamic routing (Sabour et al. 2017), in :mod:`trustvision.models.zoo.capsnet`.
 """
 from __future__ import annotations
 
@@ -127,7 +127,7 @@ class _StagedNet(nn.Module):
                  pre_act: bool) -> None:
         super().__init__()
         # names chosen so that the stem is the first 4-D weight both in registration and in alphabetical
-        # (safetensors) order: trustvision.loading reads ``width`` back from it
+        # (safetensors) order: trustvision.models.loading reads ``width`` back from it
         self.conv_stem = nn.Conv2d(channels, stem, 3, 1, 1, bias=pre_act)
         self.stem_act = nn.Identity() if pre_act else nn.Sequential(nn.BatchNorm2d(stem), nn.ReLU(inplace=True))
         blocks, cin = [], stem

@@ -3,7 +3,7 @@
 * ``smallcnn``: two conv blocks + MLP head, the demo model (about 0.1 M parameters).
 * ``mlp``: a two-layer perceptron baseline.
 * ``lenet``, ``allconv``, ``nin``, ``resnet``, ``densenet``, ``wideresnet``, ``vgg``, ``capsnet``: the Raw
-  Zero-Shot zoo (Kotyan et al. 2022's families), in :mod:`trustvision.zoo_archs`.
+  Zero-Shot zoo (Kotyan et al. 2022's families), in :mod:`trustvision.models.zoo.paper`.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Callable
 
 from torch import nn
 
-from .zoo_archs import PAPER_ARCHS
+from .paper import PAPER_ARCHS
 
 
 def smallcnn(num_classes: int = 10, channels: int = 1, width: int = 16) -> nn.Module:
