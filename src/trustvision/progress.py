@@ -6,7 +6,15 @@ returning a callable ``advance(n=1)``; :class:`Quiet` ignores everything.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Protocol
+
+
+class Progress(Protocol):
+    """What sections, attacks and trainers report progress to."""
+
+    def task(self, description: str, total: int) -> Callable[[int], None]:
+        """Start a task of ``total`` steps; returns ``advance(n=1)``."""
+        ...
 
 
 class Quiet:

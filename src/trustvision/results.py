@@ -7,10 +7,7 @@ documented in ``docs/results-schema.md`` and versioned by :data:`SCHEMA_VERSION`
 """
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,14 +89,17 @@ def clean_json(obj: Any) -> Any:
     return obj
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON atomically (temp file + rename): an interrupted run never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(clean_json(data), f, indent=2, allow_nan=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def envelope(*, model: dict[str, Any], data: dict[str, Any], config: dict[str, Any], summary: dict[str, Any],
+             sections: dict[str, "SectionResult"], **extra: Any) -> dict[str, Any]:
+    """The ``results.json`` document shared by every command (schema in ``docs/results-schema.md``).
+
+    ``model``/``data``/``config`` describe the inputs, ``summary`` holds the flat headline metrics,
+    ``sections`` the section results; ``extra`` adds command-specific top-level keys (e.g. ``gates``).
+    """
+    import datetime as _dt
+
+    from . import __version__
+    return {"schema_version": SCHEMA_VERSION, "trustvision_version": __version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "model": model, "data": data, "config": config, "summary": summary, **extra,
+            "sections": {k: v.to_dict() for k, v in sections.items()}}
