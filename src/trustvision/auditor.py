@@ -30,7 +30,8 @@ from .evaluation.sections.uap import UAPConfig, uap_section
 from .evaluation.sections.explain import ExplainConfig, explain_section
 from .models.classifier import Classifier
 from .progress import Quiet
-from .results import SCHEMA_VERSION, SectionResult, write_json_atomic
+from .persist import write_json_atomic
+from .results import SCHEMA_VERSION, SectionResult
 
 SECTIONS = ("clean", "robustness", "explain", "certify", "uap")
 DEFAULT_SECTIONS = ("clean", "robustness")          # "explain", "certify" and "uap" are opt-in

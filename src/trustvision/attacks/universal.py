@@ -362,7 +362,7 @@ class _Checkpoint:
             return None
 
     def save(self, v: Tensor, k: int, curve: list[float], times: list[float]) -> None:
-        from ..results import write_json_atomic
+        from ..persist import write_json_atomic
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.npy.with_suffix(".tmp.npy")
         np.save(tmp, v.detach().cpu().numpy())

@@ -51,7 +51,7 @@ from .distributed import SINGLE, Dist
 from ..errors import TrustVisionError
 from ..models.classifier import Classifier
 from ..progress import Quiet
-from ..results import write_json_atomic
+from ..persist import write_json_atomic
 from . import checkpoint
 
 METHODS = ("standard", "pgd", "fast", "trades")

@@ -292,7 +292,7 @@ def _attack(name: str, opts: dict[str, Any], clf: Classifier, test: Dataset, idx
                  for c in range(test.num_classes)]
     result = {"success_rate": float(success.float().mean()) if len(idx) else None, "per_class": per_class,
               "n": len(idx), "options": full_opts}
-    from ...results import write_json_atomic
+    from ...persist import write_json_atomic
     write_json_atomic(path, {"fingerprint": fp, "result": result})
     return result
 
@@ -325,7 +325,8 @@ def run_zeroshot(data: Dataset, cfg: ZeroShotConfig, out_dir: str | Path, *, dat
 
     from ... import __version__
     from ...report import render_report
-    from ...results import SCHEMA_VERSION, write_json_atomic
+    from ...results import SCHEMA_VERSION
+    from ...persist import write_json_atomic
     out = Path(out_dir)
     sec = zeroshot_section(data, cfg, out, progress)
     m = sec.metrics
