@@ -16,7 +16,7 @@ from trustvision.data import bundled
 from trustvision.models import zoo
 from trustvision.models.zoo.capsnet import CapsNet, squash
 from trustvision.data.dataset import Dataset
-from trustvision.evaluation import zeroshot as zs
+from trustvision.evaluation.sections import zeroshot as zs
 from trustvision.evaluation import zeroshot_metrics as zm
 from trustvision.models.loading import load_model
 from trustvision.models.zoo.paper import PAPER_ARCHS

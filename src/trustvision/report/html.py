@@ -23,6 +23,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable
 
+from ..persist import write_text_atomic
+
 __all__ = ["render_report"]
 
 SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
@@ -286,8 +288,4 @@ def render_report(results: dict, out_dir: Path) -> Path:
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>trustvision report: {_e(model_name)}</title><style>{_css()}</style></head>"
             f"<body><main>{''.join(body)}</main></body></html>\n")
-    path = out_dir / "report.html"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_text_atomic(out_dir / "report.html", page)

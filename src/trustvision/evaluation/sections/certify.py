@@ -21,7 +21,7 @@ from ...data.dataset import Dataset
 from ...defenses.smoothing import Smoothed, check_settings, max_certifiable_radius
 from ...errors import TrustVisionError
 from ...models.classifier import Classifier
-from ...progress import Quiet
+from ...progress import Progress, Quiet
 from ...results import Figure, Flag, SectionResult, Table
 
 
@@ -64,9 +64,9 @@ class CertifyConfig:
 
 
 def certify_section(clf: Classifier, data: Dataset, cfg: CertifyConfig | None = None, *,
-                    out_dir: Path | None = None, progress=None) -> SectionResult:
+                    out_dir: Path | None = None, progress: Progress | None = None) -> SectionResult:
     """Run CERTIFY on ``data`` (x (N, C, H, W), y (N,) CPU tensors) and build the ``certify`` section."""
-    from ...report import certify_figures as figs
+    from ...report.figures import certify as figs
     cfg = cfg or CertifyConfig()
     progress = progress or Quiet()
     t0 = time.perf_counter()

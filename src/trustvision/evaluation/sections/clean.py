@@ -20,7 +20,7 @@ from torch import Tensor
 from ...data.dataset import Dataset
 from ...errors import TrustVisionError
 from ...models.classifier import Classifier
-from ...progress import Quiet
+from ...progress import Progress, Quiet
 from ...results import Flag, SectionResult, Table
 
 
@@ -55,7 +55,8 @@ def output_flags(clf: Classifier, x: Tensor, logits: Tensor) -> list[Flag]:
     return flags
 
 
-def clean_section(clf: Classifier, data: Dataset, *, batch_size: int = 256, progress=None) -> tuple[SectionResult, Tensor]:
+def clean_section(clf: Classifier, data: Dataset, *, batch_size: int = 256,
+                  progress: Progress | None = None) -> tuple[SectionResult, Tensor]:
     """Clean accuracy, per-class accuracy and output checks.
 
     Returns the section and the clean logits (N, K) on the CPU.

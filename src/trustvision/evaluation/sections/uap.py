@@ -24,7 +24,7 @@ from ...attacks.universal import UniversalPerturbation
 from ...data.dataset import Dataset
 from ...errors import TrustVisionError
 from ...models.classifier import Classifier
-from ...progress import Quiet
+from ...progress import Progress, Quiet
 from ...results import Figure, Flag, SectionResult, Table
 from .. import fooling
 
@@ -100,13 +100,13 @@ def _load_transfer(spec: str, clf: Classifier) -> Classifier:
 
 
 def uap_section(clf: Classifier, data: Dataset, clean_logits: Tensor, cfg: UAPConfig | None = None, *,
-                out_dir: Path | None = None, batch_size: int = 128, progress=None) -> SectionResult:
+                out_dir: Path | None = None, batch_size: int = 128, progress: Progress | None = None) -> SectionResult:
     """Build a UAP from ``cfg.source``, evaluate it on ``data`` (N, C, H, W) against random controls.
 
-    Writes (when ``out_dir`` is given) ``uap.npy`` (1, C, H, W), ``uap.png`` (amplified) and the figures;
-    the generator checkpoints every pass to ``out_dir/uap/`` so an interrupted run resumes.
+    ``clean_logits`` (N, K) are the clean section's logits.  Writes (when ``out_dir`` is given)
+    ``uap.npy`` (1, C, H, W), ``uap.png`` (amplified) and the figures; the generator checkpoints every
+    pass to ``out_dir/uap/`` so an interrupted run resumes.
     """
-    from ...report import uap_figures as uf
     cfg = cfg or UAPConfig()
     progress = progress or Quiet()
     t0 = time.perf_counter()
@@ -122,32 +122,48 @@ def uap_section(clf: Classifier, data: Dataset, clean_logits: Tensor, cfg: UAPCo
     pc = clean_logits.argmax(1).cpu()
     rates = fooling.fooling_rates(clf, x_eval, res.v, norm=cfg.norm, y=data.y, target=cfg.target, seed=cfg.seed,
                                   batch_size=batch_size, pred_clean=pc)
-    key = "fooling_rate" if cfg.target is None else "targeted_success"
-    ref = res.reference_norm
-    sweep = fooling.zeta_sweep(clf, x_eval, res.v, norm=cfg.norm, zetas=cfg.sweep, reference_norm=ref,
+    sweep = fooling.zeta_sweep(clf, x_eval, res.v, norm=cfg.norm, zetas=cfg.sweep, reference_norm=res.reference_norm,
                                target=cfg.target, seed=cfg.seed, batch_size=batch_size)
     advance(1)
-    tm = None
-    if cfg.transfer:
-        models = {clf.name: clf, **{s: _load_transfer(s, clf) for s in cfg.transfer}}
-        uaps = {clf.name: res.v}
-        for s, m in list(models.items())[1:]:
-            uaps[s] = cfg.generator().generate(m, src, target=cfg.target, reference=x_eval).v
-        tm = fooling.transfer_matrix(uaps, models, x_eval, target=cfg.target, batch_size=batch_size)
+    tm = _transfer(cfg, clf, src, x_eval, res.v, batch_size) if cfg.transfer else None
     advance(1)
+    key = "fooling_rate" if cfg.target is None else "targeted_success"
     metrics = {key: rates["uap"][key], "controls": {c: rates[c][key] for c in fooling.CONTROLS},
                "budget": {"kind": res.budget, "norm": cfg.norm, "eps": res.eps, "zeta": res.zeta,
-                          "zeta_reference": "mean norm of the evaluation images", "reference_norm": ref},
+                          "zeta_reference": "mean norm of the evaluation images", "reference_norm": res.reference_norm},
                "source": cfg.source, "n_source": len(src), "n_eval": len(x_eval), "generator": res.describe(),
                "rates": rates, "zeta_sweep": sweep, "zeta_sweep_note": "the UAP rescaled to each zeta",
                "transfer": tm}
-    flags = []
+    sec = SectionResult("uap", "Universal adversarial perturbation", metrics, _tables(cfg, clf, res, rates, tm),
+                        flags=_flags(rates, key), config=asdict(cfg))
+    if out_dir is not None:
+        _write_figures(sec, Path(out_dir), cfg, clf, res, x_eval, pc, sweep, tm, batch_size)
+    sec.seconds = time.perf_counter() - t0
+    return sec
+
+
+def _transfer(cfg: UAPConfig, clf: Classifier, src: Tensor, x_eval: Tensor, v: Tensor, batch_size: int) -> dict:
+    """Build a UAP on every ``cfg.transfer`` model too and evaluate each UAP on every model."""
+    models = {clf.name: clf, **{s: _load_transfer(s, clf) for s in cfg.transfer}}
+    uaps = {clf.name: v}
+    for s, m in list(models.items())[1:]:
+        uaps[s] = cfg.generator().generate(m, src, target=cfg.target, reference=x_eval).v
+    return fooling.transfer_matrix(uaps, models, x_eval, target=cfg.target, batch_size=batch_size)
+
+
+def _flags(rates: dict, key: str) -> list[Flag]:
+    """``uap_not_above_control`` when the UAP does no better than a random perturbation of its norm."""
     best_ctrl = max(rates[c][key] for c in fooling.CONTROLS)
-    if rates["uap"][key] <= best_ctrl + 0.02:
-        flags.append(Flag("uap_not_above_control", "warning",
-                          f"the UAP's {key} ({rates['uap'][key]:.1%}) is not above a random control of the same norm "
-                          f"({best_ctrl:.1%}): raise the budget or the passes before reading it as a vulnerability",
-                          {"uap": rates["uap"][key], "control": best_ctrl}))
+    if not rates["uap"][key] <= best_ctrl + 0.02:
+        return []
+    return [Flag("uap_not_above_control", "warning",
+                 f"the UAP's {key} ({rates['uap'][key]:.1%}) is not above a random control of the same norm "
+                 f"({best_ctrl:.1%}): raise the budget or the passes before reading it as a vulnerability",
+                 {"uap": rates["uap"][key], "control": best_ctrl})]
+
+
+def _tables(cfg: UAPConfig, clf: Classifier, res, rates: dict, tm: dict | None) -> list[Table]:
+    """UAP vs controls, per-class fooling rate, and (with transfer models) the transfer matrix."""
     rows = [[name, rates[name]["fooling_rate"]] + ([rates[name]["targeted_success"]] if cfg.target is not None else [])
             for name in ("uap", *fooling.CONTROLS)]
     cols = ["perturbation", "fooling_rate"] + (["targeted_success"] if cfg.target is not None else [])
@@ -160,26 +176,28 @@ def uap_section(clf: Classifier, data: Dataset, clean_logits: Tensor, cfg: UAPCo
     if tm:
         tables.append(Table(f"Transfer ({tm['metric']}): rows built on, columns evaluated on",
                             ["built on"] + tm["targets"], [[s] + row for s, row in zip(tm["sources"], tm["matrix"])]))
-    sec = SectionResult("uap", "Universal adversarial perturbation", metrics, tables, flags=flags, config=asdict(cfg))
-    if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        np.save(out / "uap.npy", res.v.detach().cpu().numpy())
-        uf.uap_image(res.v, out / "uap.png", title=f"UAP ({cfg.norm}, eps={res.eps:.3g}), amplified")
-        k = min(cfg.n_examples, len(x_eval))
-        xa = (x_eval[:k] + res.v.cpu()).clamp(0, 1)
-        uf.before_after(x_eval[:k], xa, pc[:k], fooling._predict(clf, x_eval[:k], res.v, batch_size), clf.labels,
-                        out / "uap_examples.png")
-        label = "fooling rate" if cfg.target is None else f"targeted success (class {cfg.target})"
-        uf.convergence(res.curve, out / "uap_convergence.png", ylabel=f"{label} (source images)",
-                       stop_rate=cfg.stop_rate)
-        uf.zeta_sweep_plot(sweep, out / "uap_zeta_sweep.png", ylabel=label, norm=cfg.norm)
-        sec.figures += [Figure("Universal perturbation (amplified)", "uap.png", "grey = 0; saved as uap.npy"),
-                        Figure("Before / after", "uap_examples.png", "Evaluation images, clean and with the UAP."),
-                        Figure("Convergence", "uap_convergence.png", "Rate on the source images after each pass."),
-                        Figure("ζ sweep", "uap_zeta_sweep.png", "The UAP rescaled to each ζ vs random controls.")]
-        if tm:
-            uf.transfer_heatmap(tm, out / "uap_transfer.png")
-            sec.figures.append(Figure("Transfer matrix", "uap_transfer.png"))
-    sec.seconds = time.perf_counter() - t0
-    return sec
+    return tables
+
+
+def _write_figures(sec: SectionResult, out: Path, cfg: UAPConfig, clf: Classifier, res, x_eval: Tensor, pc: Tensor,
+                   sweep: dict, tm: dict | None, batch_size: int) -> None:
+    """Save ``uap.npy`` (1, C, H, W) and the section's figures into ``out``; list them in ``sec.figures``."""
+    from ...report.figures import uap as uf
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / "uap.npy", res.v.detach().cpu().numpy())
+    uf.uap_image(res.v, out / "uap.png", title=f"UAP ({cfg.norm}, eps={res.eps:.3g}), amplified")
+    k = min(cfg.n_examples, len(x_eval))
+    xa = (x_eval[:k] + res.v.cpu()).clamp(0, 1)
+    uf.before_after(x_eval[:k], xa, pc[:k], fooling._predict(clf, x_eval[:k], res.v, batch_size), clf.labels,
+                    out / "uap_examples.png")
+    label = "fooling rate" if cfg.target is None else f"targeted success (class {cfg.target})"
+    uf.convergence(res.curve, out / "uap_convergence.png", ylabel=f"{label} (source images)",
+                   stop_rate=cfg.stop_rate)
+    uf.zeta_sweep_plot(sweep, out / "uap_zeta_sweep.png", ylabel=label, norm=cfg.norm)
+    sec.figures += [Figure("Universal perturbation (amplified)", "uap.png", "grey = 0; saved as uap.npy"),
+                    Figure("Before / after", "uap_examples.png", "Evaluation images, clean and with the UAP."),
+                    Figure("Convergence", "uap_convergence.png", "Rate on the source images after each pass."),
+                    Figure("ζ sweep", "uap_zeta_sweep.png", "The UAP rescaled to each ζ vs random controls.")]
+    if tm:
+        uf.transfer_heatmap(tm, out / "uap_transfer.png")
+        sec.figures.append(Figure("Transfer matrix", "uap_transfer.png"))

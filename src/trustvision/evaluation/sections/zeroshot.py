@@ -14,17 +14,17 @@ attacks and defences", PLOS ONE 17(4) e0266060, 2022.  For an N-class dataset an
    attacks) and correlate the metrics with attack success (Pearson and Spearman, with p-values), per
    architecture and per (architecture, class).
 
-Training is :func:`trustvision.training.cache.train_classifier` through :func:`~trustvision.training.cache.cached_model`
-(seeded, cached); every model is also written atomically to ``OUT/models/ARCH-heldK.safetensors``
-(``ARCH-full``) stamped with a key, and attack results to ``OUT/attacks/``, so an interrupted run resumes.
+Training is :func:`trustvision.training.trainer.train_classifier` through
+:func:`~trustvision.training.cache.cached_model` (seeded, cached); every model is also written atomically
+(:func:`~trustvision.persist.atomic_write`) to ``OUT/models/ARCH-heldK.safetensors`` (``ARCH-full``) stamped
+with a key (:func:`~trustvision.persist.digest`), and attack results to ``OUT/attacks/``, so an interrupted
+run resumes.  ``OUT/results.json`` is the shared :func:`~trustvision.results.envelope` document.
 Images are (N, C, H, W) in [0, 1]; the architectures are :data:`trustvision.models.zoo.small.ARCHS` names.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,9 +37,11 @@ from torch import Tensor, nn
 from ...data.dataset import Dataset
 from ...errors import TrustVisionError
 from ...models.classifier import Classifier
-from ...progress import Quiet
-from ...results import SectionResult
-from ...training.cache import cached_model, train_classifier
+from ...persist import atomic_write, digest, write_json_atomic
+from ...progress import Progress, Quiet
+from ...results import SectionResult, envelope
+from ...training.cache import cached_model
+from ...training.trainer import train_classifier
 from .. import zeroshot_metrics as zm
 
 DEFAULT_ATTACKS: dict[str, dict[str, Any]] = {
@@ -122,15 +124,9 @@ def heldout_split(train: Dataset, k: int) -> Dataset:
     return Dataset(train.x[keep], y - (y > k).long(), train.labels[:k] + train.labels[k + 1:], train.name)
 
 
-def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def data_digest(data: Dataset) -> str:
-    """SHA-256 (16 hex) of the images and labels."""
-    h = hashlib.sha256(data.x.contiguous().numpy().tobytes())
-    h.update(data.y.numpy().tobytes())
-    return h.hexdigest()[:16]
+    """:func:`~trustvision.persist.digest` of the images (N, C, H, W) and labels (N,)."""
+    return digest(data.x, data.y)
 
 
 # ------------------------------------------------------------------ models
@@ -150,16 +146,16 @@ def trained_model(arch: str, train: Dataset, held: int | None, cfg: ZeroShotConf
     key = {"name": f"zeroshot-{arch}-{tag}", "arch": arch, "held_out": held, "num_classes": nc, "channels": ch,
            "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed,
            "data": data_digest(train), "v": 1, "torch": torch.__version__.split("+")[0]}
-    digest = _digest(key)
+    model_key = digest(key)
     path = out / "models" / f"{arch}-{tag}.safetensors"
 
     def build() -> nn.Module:
         return zoo.ARCHS[arch](num_classes=nc, channels=ch)
 
     if cfg.resume and path.is_file():
-        module = _load_persisted(path, digest, build)
+        module = _load_persisted(path, model_key, build)
         if module is not None:
-            return module.to(cfg.device).eval(), False, digest
+            return module.to(cfg.device).eval(), False, model_key
     trained = []
 
     def train_fn(m: nn.Module) -> nn.Module:
@@ -168,21 +164,19 @@ def trained_model(arch: str, train: Dataset, held: int | None, cfg: ZeroShotConf
                                 device=cfg.device)
 
     module, _, _ = cached_model(key, build, train_fn)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, str(tmp),
-              metadata={"key": digest, "arch": arch, "held_out": str(held)})
-    os.replace(tmp, path)
-    return module.to(cfg.device).eval(), bool(trained), digest
+    tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp),
+                                             metadata={"key": model_key, "arch": arch, "held_out": str(held)}))
+    return module.to(cfg.device).eval(), bool(trained), model_key
 
 
-def _load_persisted(path: Path, digest: str, build) -> nn.Module | None:
-    """The module saved at ``path`` if its stamped key is ``digest``; None if stale or unreadable."""
+def _load_persisted(path: Path, model_key: str, build) -> nn.Module | None:
+    """The module saved at ``path`` if its stamped key is ``model_key``; None if stale or unreadable."""
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
     try:
         with safe_open(str(path), "pt") as f:
-            if (f.metadata() or {}).get("key") != digest:
+            if (f.metadata() or {}).get("key") != model_key:
                 return None
         module = build()
         module.load_state_dict(load_file(str(path)))
@@ -203,7 +197,8 @@ def _first_per_class(y: Tensor, order: Tensor, per_class: int, classes: list[int
 
 
 # ------------------------------------------------------------------ one architecture
-def run_arch(arch: str, train: Dataset, test: Dataset, cfg: ZeroShotConfig, out: Path, progress=None) -> dict:
+def run_arch(arch: str, train: Dataset, test: Dataset, cfg: ZeroShotConfig, out: Path,
+             progress: Progress | None = None) -> dict:
     """Train/load the N + 1 models of ``arch``, compute its Raw Zero-Shot metrics and attack its full model.
 
     Returns ``{"arch", "clean_accuracy", "trained", "per_class": [metrics of each held-out class],
@@ -271,7 +266,7 @@ def _attack(name: str, opts: dict[str, Any], clf: Classifier, test: Dataset, idx
     """Success of attack ``name`` on the full model over images ``idx``: overall and per class (cached)."""
     from ...attacks import make_attack
     full_opts = _attack_opts(name, opts, cfg.seed)
-    fp = _digest([model_key, name, full_opts, idx.tolist(), data_digest(test)])
+    fp = digest(model_key, name, full_opts, idx.tolist(), data_digest(test))
     path = out / "attacks" / f"{arch}-{name}.json"
     if cfg.resume and path.is_file():
         try:
@@ -292,13 +287,13 @@ def _attack(name: str, opts: dict[str, Any], clf: Classifier, test: Dataset, idx
                  for c in range(test.num_classes)]
     result = {"success_rate": float(success.float().mean()) if len(idx) else None, "per_class": per_class,
               "n": len(idx), "options": full_opts}
-    from ...persist import write_json_atomic
     write_json_atomic(path, {"fingerprint": fp, "result": result})
     return result
 
 
 # ------------------------------------------------------------------ the section
-def zeroshot_section(data: Dataset, cfg: ZeroShotConfig, out_dir: str | Path, progress=None) -> SectionResult:
+def zeroshot_section(data: Dataset, cfg: ZeroShotConfig, out_dir: str | Path,
+                     progress: Progress | None = None) -> SectionResult:
     """Run the protocol for every ``cfg.archs`` on ``data`` and summarise it as a :class:`SectionResult`.
 
     Figures (metric bars, soft-label PCA per architecture, correlation scatter) are written into
@@ -319,29 +314,20 @@ def zeroshot_section(data: Dataset, cfg: ZeroShotConfig, out_dir: str | Path, pr
 
 
 def run_zeroshot(data: Dataset, cfg: ZeroShotConfig, out_dir: str | Path, *, data_spec: str = "",
-                 progress=None) -> dict:
+                 progress: Progress | None = None) -> dict:
     """The whole run: the section, then ``OUT/results.json`` and ``OUT/report.html``; returns the results."""
-    import datetime as _dt
-
-    from ... import __version__
     from ...report import render_report
-    from ...results import SCHEMA_VERSION
-    from ...persist import write_json_atomic
     out = Path(out_dir)
     sec = zeroshot_section(data, cfg, out, progress)
     m = sec.metrics
     summary = {f"dbm@{a}": m["dbm_mean"][a] for a in cfg.archs}
     summary.update({f"am@{a}": m["am_mean"][a] for a in cfg.archs})
-    results = {
-        "schema_version": SCHEMA_VERSION, "trustvision_version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "model": {"name": f"Raw Zero-Shot zoo ({', '.join(cfg.archs)})", "num_classes": len(m["classes"]),
-                  "channels": int(data.x.shape[1]), "device": cfg.device},
-        "data": {"spec": data_spec or data.name, "name": data.name, "n": sec.config["n_train"] + sec.config["n_test"],
-                 "num_classes": len(m["classes"])},
-        "config": {"zeroshot": asdict(cfg)}, "summary": summary, "gates": [],
-        "sections": {"zeroshot": sec.to_dict()},
-    }
+    results = envelope(
+        model={"name": f"Raw Zero-Shot zoo ({', '.join(cfg.archs)})", "num_classes": len(m["classes"]),
+               "channels": int(data.x.shape[1]), "device": cfg.device},
+        data={"spec": data_spec or data.name, "name": data.name, "n": sec.config["n_train"] + sec.config["n_test"],
+              "num_classes": len(m["classes"])},
+        config={"zeroshot": asdict(cfg)}, summary=summary, sections={"zeroshot": sec}, gates=[])
     write_json_atomic(out / "results.json", results)
     render_report(results, out)
     return results

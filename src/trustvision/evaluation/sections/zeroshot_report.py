@@ -37,37 +37,17 @@ def _r(v: Any, nd: int = 4) -> Any:
 
 
 def summarise(records: list[dict], labels: list[str], cfg, out: Path) -> SectionResult:
-    """Tables, metrics, correlation, figures (written into ``out``) and flags of a Raw Zero-Shot run."""
-    from ...report import zeroshot_figures as zf
+    """Tables, metrics, correlation, figures (written into ``out``) and flags of a Raw Zero-Shot run.
+
+    ``records``: one :func:`.zeroshot.run_arch` record per architecture; ``labels``: the N class names;
+    ``cfg``: the :class:`.zeroshot.ZeroShotConfig` (its ``attacks`` name the success columns).
+    """
     archs = [r["arch"] for r in records]
-    agg: dict[str, dict[str, Any]] = {f"{m}_{s}": {} for m in METRICS for s in ("mean", "std")}
-    for r in records:
-        for m in METRICS:
-            v = _vals(r, m)
-            agg[f"{m}_mean"][r["arch"]], agg[f"{m}_std"][r["arch"]] = _mean(v), _std(v)
+    attacks = list(cfg.attacks)
+    agg = _aggregate(records)
     rzs_acc = {r["arch"]: _mean(_vals(r, "rzs_accuracy")) for r in records}
-    success = {a: {r["arch"]: r["attacks"][a]["success_rate"] for r in records} for a in cfg.attacks}
-    corr: dict[str, dict[str, dict[str, Any]]] = {}
-    scatter: dict[str, dict[str, dict[str, Any]]] = {}
-    for a in cfg.attacks:
-        corr[a], scatter[a] = {}, {}
-        for m in METRICS:
-            xs, ys, groups = [], [], []
-            for r in records:
-                v = _vals(r, m)
-                for k, s in enumerate(r["attacks"][a]["per_class"]):
-                    if s is not None and np.isfinite(v[k]):
-                        xs.append(float(v[k]))
-                        ys.append(float(s))
-                        groups.append(r["arch"])
-            ax_ = [agg[f"{m}_mean"][x] for x in archs]
-            ay_ = [success[a][x] for x in archs]
-            pairs = [(x, y) for x, y in zip(ax_, ay_) if x is not None and y is not None]
-            corr[a][m] = {"per_architecture": zm.correlate([p[0] for p in pairs], [p[1] for p in pairs]),
-                          "per_class": zm.correlate(xs, ys)}
-            scatter[a][m] = {"x": xs, "y": ys, "group": groups, "archs": archs,
-                             "arch_x": [np.nan if v is None else v for v in ax_],
-                             "arch_y": [np.nan if v is None else v for v in ay_]}
+    success = {a: {r["arch"]: r["attacks"][a]["success_rate"] for r in records} for a in attacks}
+    corr, scatter = _correlations(records, archs, agg, success, attacks)
     dbm_means = {a: v for a, v in agg["dbm_mean"].items() if v is not None}
     am_means = {a: v for a, v in agg["am_mean"].items() if v is not None}
     metrics: dict[str, Any] = {
@@ -78,8 +58,60 @@ def summarise(records: list[dict], labels: list[str], cfg, out: Path) -> Section
         "clean_accuracy": {r["arch"]: r["clean_accuracy"] for r in records},
         "rzs_accuracy": rzs_acc, **agg, "attack_success": success, "correlation": corr,
     }
-    # ---------------------------------------------------------------- tables
-    att = list(cfg.attacks)
+    tables = _tables(records, agg, rzs_acc, success, corr, attacks)
+    figures = _figures(records, labels, archs, agg, scatter, corr, attacks, out)
+    return SectionResult(name="zeroshot", title="Raw Zero-Shot feature transferability (Kotyan et al. 2022)",
+                         metrics=metrics, tables=tables, figures=figures, flags=_flags(records, archs, corr),
+                         examples=[{"arch": r["arch"], "per_class": r["per_class"]} for r in records])
+
+
+def _aggregate(records: list[dict]) -> dict[str, dict[str, Any]]:
+    """``{"dbm_mean": {arch: value}, "dbm_std": {...}, ...}`` over the held-out classes of each architecture."""
+    agg: dict[str, dict[str, Any]] = {f"{m}_{s}": {} for m in METRICS for s in ("mean", "std")}
+    for r in records:
+        for m in METRICS:
+            v = _vals(r, m)
+            agg[f"{m}_mean"][r["arch"]], agg[f"{m}_std"][r["arch"]] = _mean(v), _std(v)
+    return agg
+
+
+def _correlations(records: list[dict], archs: list[str], agg: dict, success: dict,
+                  attacks: list[str]) -> tuple[dict, dict]:
+    """Per attack and metric: the correlation statistics and the scatter-plot points."""
+    corr: dict[str, dict[str, dict[str, Any]]] = {}
+    scatter: dict[str, dict[str, dict[str, Any]]] = {}
+    for a in attacks:
+        corr[a], scatter[a] = {}, {}
+        for m in METRICS:
+            corr[a][m], scatter[a][m] = _metric_vs_success(records, archs, agg, success[a], a, m)
+    return corr, scatter
+
+
+def _metric_vs_success(records: list[dict], archs: list[str], agg: dict, success: dict, attack: str,
+                       metric: str) -> tuple[dict, dict]:
+    """Correlate ``metric`` with ``attack`` success per (architecture, class) and per architecture."""
+    xs, ys, groups = [], [], []
+    for r in records:
+        v = _vals(r, metric)
+        for k, s in enumerate(r["attacks"][attack]["per_class"]):
+            if s is not None and np.isfinite(v[k]):
+                xs.append(float(v[k]))
+                ys.append(float(s))
+                groups.append(r["arch"])
+    ax_ = [agg[f"{metric}_mean"][x] for x in archs]
+    ay_ = [success[x] for x in archs]
+    pairs = [(x, y) for x, y in zip(ax_, ay_) if x is not None and y is not None]
+    stats = {"per_architecture": zm.correlate([p[0] for p in pairs], [p[1] for p in pairs]),
+             "per_class": zm.correlate(xs, ys)}
+    points = {"x": xs, "y": ys, "group": groups, "archs": archs,
+              "arch_x": [np.nan if v is None else v for v in ax_],
+              "arch_y": [np.nan if v is None else v for v in ay_]}
+    return stats, points
+
+
+def _tables(records: list[dict], agg: dict, rzs_acc: dict, success: dict, corr: dict,
+            att: list[str]) -> list[Table]:
+    """Per-architecture summary, per held-out class, and correlation tables."""
     rows = []
     for r in records:
         a = r["arch"]
@@ -95,7 +127,7 @@ def summarise(records: list[dict], labels: list[str], cfg, out: Path) -> Section
     corr_rows = [[x, m, level, c["n"], _r(c["pearson_r"]), _r(c["pearson_p"]), _r(c["spearman_rho"]),
                   _r(c["spearman_p"])]
                  for x in att for m in METRICS for level, c in corr[x][m].items()]
-    tables = [
+    return [
         Table("Raw Zero-Shot metrics per architecture (mean / std over held-out classes; lower DBM, AM = "
               "better transfer of features)", cols, rows),
         Table("Per held-out class", ["architecture", "held-out class", "images", "DBM", "AM", "entropy",
@@ -104,7 +136,12 @@ def summarise(records: list[dict], labels: list[str], cfg, out: Path) -> Section
         Table("Correlation of Raw Zero-Shot metrics with attack success on the full model",
               ["attack", "metric", "level", "n", "Pearson r", "p", "Spearman ρ", "p"], corr_rows),
     ]
-    # ---------------------------------------------------------------- figures
+
+
+def _figures(records: list[dict], labels: list[str], archs: list[str], agg: dict, scatter: dict, corr: dict,
+             att: list[str], out: Path) -> list[Figure]:
+    """Write the metric bars, one soft-label PCA per architecture and one scatter per attack into ``out``."""
+    from ...report.figures import zeroshot as zf
     figures = []
     zf.metric_bars(archs, {"DBM": [agg["dbm_mean"][a] for a in archs], "AM": [agg["am_mean"][a] for a in archs]},
                    {"DBM": [agg["dbm_std"][a] for a in archs], "AM": [agg["am_std"][a] for a in archs]},
@@ -124,9 +161,7 @@ def summarise(records: list[dict], labels: list[str], cfg, out: Path) -> Section
                                stats={m.upper(): corr[x][m] for m in ("dbm", "am")})
         figures.append(Figure(f"DBM / AM against {x} success", name,
                               "Small dots: (architecture, held-out class); large: architecture means."))
-    return SectionResult(name="zeroshot", title="Raw Zero-Shot feature transferability (Kotyan et al. 2022)",
-                         metrics=metrics, tables=tables, figures=figures, flags=_flags(records, archs, corr),
-                         examples=[{"arch": r["arch"], "per_class": r["per_class"]} for r in records])
+    return figures
 
 
 def _flags(records: list[dict], archs: list[str], corr: dict) -> list[Flag]:

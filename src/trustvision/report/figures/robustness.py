@@ -1,15 +1,9 @@
-"""PNG figures for the report: robustness curves, adversarial-example grids, bar charts.
+"""Figures of the ``robustness`` section (and ``trustvision attack``): robust accuracy against budget ε,
+per-class clean vs robust bars, adversarial-example grids, plain bar charts.
 
-Every helper takes plain Python / NumPy / torch inputs and a destination path,
-writes one PNG with matplotlib's non-interactive Agg canvas (no display needed)
-and returns ``None``.  Figures are built with the object-oriented
-``matplotlib.figure.Figure`` API, not ``pyplot``: nothing touches the global
-backend or pyplot's figure registry, so these helpers work headless, leak no
-open figures and leave a caller's notebook backend alone.  DPI is kept modest (100) so a
-self-contained ``report.html`` that embeds these files stays small.
-
-Sections call these helpers; the report (:mod:`trustvision.report.html`) only
-embeds the files, it never draws or runs a model.
+Conventions: :mod:`.common` (pyplot-free matplotlib, Agg canvas, DPI 100).  Every helper takes plain
+Python / NumPy / torch inputs (any device) and a destination path, writes one PNG and returns ``None``.
+Images are (N, C, H, W) in [0, 1] with C = 1 or 3.
 """
 from __future__ import annotations
 
@@ -17,37 +11,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure as _MplFigure
 
-DPI = 100
+from .common import as_numpy, save, short_label, subplots, to_image, wrap_title
+
 WORST_CASE = "worst-case"
 
-__all__ = ["robustness_curves", "example_grid", "per_class_bars", "bars", "DPI"]
-
-
-def _np(a: Any) -> np.ndarray:
-    """Any tensor / array / list -> NumPy array on the CPU (float tensors stay float)."""
-    if hasattr(a, "detach"):                      # torch.Tensor (possibly on a GPU or bf16)
-        a = a.detach().cpu()
-        if a.is_floating_point():
-            a = a.float()
-        return a.numpy()
-    return np.asarray(a)
-
-
-def _save(fig: _MplFigure, path: str | Path) -> None:
-    """Write ``fig`` to ``path`` as PNG (parent folders created); the figure is then garbage."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, format="png", bbox_inches="tight")
-
-
-def _subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float]) -> tuple[_MplFigure, Any]:
-    """A pyplot-free ``plt.subplots``: a Figure on an Agg canvas and its axes."""
-    fig = _MplFigure(figsize=figsize)
-    FigureCanvasAgg(fig)
-    return fig, fig.subplots(nrows, ncols, squeeze=False) if (nrows, ncols) != (1, 1) else fig.subplots()
+__all__ = ["robustness_curves", "example_grid", "per_class_bars", "bars", "WORST_CASE"]
 
 
 def robustness_curves(curves: dict[str, tuple[Sequence[float], Sequence[float]]], path: str | Path, *, norm: str,
@@ -63,15 +32,15 @@ def robustness_curves(curves: dict[str, tuple[Sequence[float], Sequence[float]]]
         chance: chance level (1 / number of classes), drawn dashed.
         title: figure title.
     """
-    fig, ax = _subplots(figsize=(6.4, 4.0))
+    fig, ax = subplots(figsize=(6.4, 4.0))
     markers = "osD^v<>ph*"
     for i, (name, (eps, acc)) in enumerate(curves.items()):
         if name == WORST_CASE:
             continue
-        e, a = _np(eps).astype(float), _np(acc).astype(float)
+        e, a = as_numpy(eps).astype(float), as_numpy(acc).astype(float)
         ax.plot(e, a, marker=markers[i % len(markers)], ms=4, lw=1.4, alpha=0.85, label=str(name))
     if WORST_CASE in curves:
-        e, a = (_np(v).astype(float) for v in curves[WORST_CASE])
+        e, a = (as_numpy(v).astype(float) for v in curves[WORST_CASE])
         ax.plot(e, a, color="black", lw=2.8, marker="o", ms=5, label="worst case", zorder=5)
     ax.axhline(chance, color="grey", ls="--", lw=1, label=f"chance ({chance:.3g})")
     ax.axhline(clean_acc, color="tab:green", ls=":", lw=1, label=f"clean ({clean_acc:.3g})")
@@ -83,26 +52,7 @@ def robustness_curves(curves: dict[str, tuple[Sequence[float], Sequence[float]]]
     ax.legend(fontsize=8, loc="best")
     if title:
         ax.set_title(title, fontsize=11)
-    _save(fig, path)
-
-
-def _to_image(t: np.ndarray) -> np.ndarray:
-    """(C, H, W) in [0, 1] -> (H, W) or (H, W, 3) for ``imshow``."""
-    t = np.clip(t, 0.0, 1.0)
-    if t.shape[0] == 1:
-        return t[0]
-    return np.transpose(t[:3], (1, 2, 0))
-
-
-def _label(labels: Sequence[str], k: int, width: int = 18) -> str:
-    """Class name for index ``k`` (the index itself when unnamed), cut to ``width`` characters."""
-    name = str(labels[k]) if 0 <= k < len(labels) else str(k)
-    return name if len(name) <= width else name[: width - 1] + "…"
-
-
-def _wrap(text: str, width: int = 30) -> str:
-    """Break a "true A → pred B (p)" title before the arrow when it would overflow its panel."""
-    return text.replace(" → ", "\n→ ") if len(text) > width else text
+    save(fig, path)
 
 
 def example_grid(x: Any, x_adv: Any, y: Any, pred_clean: Any, pred_adv: Any, conf_clean: Any, conf_adv: Any,
@@ -120,13 +70,13 @@ def example_grid(x: Any, x_adv: Any, y: Any, pred_clean: Any, pred_adv: Any, con
         amplify: factor for the perturbation column; by default each row is stretched so that its
             largest absolute change fills the full range.  Grey (0.5) means no change.
     """
-    x, xa = _np(x).astype(np.float32), _np(x_adv).astype(np.float32)
+    x, xa = as_numpy(x).astype(np.float32), as_numpy(x_adv).astype(np.float32)
     if x.ndim == 3:                                # (N, H, W) -> (N, 1, H, W)
         x, xa = x[:, None], xa[:, None]
-    y, pc, pa = (_np(v).astype(int).reshape(-1) for v in (y, pred_clean, pred_adv))
-    cc, ca = (_np(v).astype(float).reshape(-1) for v in (conf_clean, conf_adv))
+    y, pc, pa = (as_numpy(v).astype(int).reshape(-1) for v in (y, pred_clean, pred_adv))
+    cc, ca = (as_numpy(v).astype(float).reshape(-1) for v in (conf_clean, conf_adv))
     n = min(len(x), max_examples)
-    fig, axes = _subplots(max(n, 1), 3, figsize=(6.6, 2.3 * max(n, 1)))
+    fig, axes = subplots(max(n, 1), 3, figsize=(6.6, 2.3 * max(n, 1)))
     if n == 0:
         for ax in axes[0]:
             ax.axis("off")
@@ -140,14 +90,14 @@ def example_grid(x: Any, x_adv: Any, y: Any, pred_clean: Any, pred_adv: Any, con
         pert = np.clip(0.5 + k * delta, 0.0, 1.0)
         row = axes[i]
         ok = pc[i] == y[i]
-        row[0].imshow(_to_image(x[i]), cmap=cmap, vmin=0, vmax=1)
-        row[0].set_title(_wrap(f"true {_label(labels, y[i])} → pred {_label(labels, pc[i])} ({cc[i]:.2f})"),
-                         fontsize=8, color="black" if ok else "tab:red")
-        row[1].imshow(_to_image(xa[i]), cmap=cmap, vmin=0, vmax=1)
+        row[0].imshow(to_image(x[i]), cmap=cmap, vmin=0, vmax=1)
+        title = f"true {short_label(labels, y[i])} → pred {short_label(labels, pc[i])} ({cc[i]:.2f})"
+        row[0].set_title(wrap_title(title), fontsize=8, color="black" if ok else "tab:red")
+        row[1].imshow(to_image(xa[i]), cmap=cmap, vmin=0, vmax=1)
         fooled = pa[i] != y[i]
-        row[1].set_title(f"pred {_label(labels, pa[i])} ({ca[i]:.2f})", fontsize=8,
+        row[1].set_title(f"pred {short_label(labels, pa[i])} ({ca[i]:.2f})", fontsize=8,
                          color="tab:red" if fooled else "tab:green")
-        row[2].imshow(_to_image(pert), cmap=cmap, vmin=0, vmax=1)
+        row[2].imshow(to_image(pert), cmap=cmap, vmin=0, vmax=1)
         row[2].set_title(f"×{k:.3g}, L∞={linf:.3g}", fontsize=8)
         for ax in row:
             ax.set_xticks([])
@@ -156,7 +106,7 @@ def example_grid(x: Any, x_adv: Any, y: Any, pred_clean: Any, pred_adv: Any, con
         for ax, head in zip(axes[0], ("original", "adversarial", "perturbation")):
             ax.set_title(f"{head}\n{ax.get_title()}", fontsize=8, color=ax.title.get_color())
     fig.tight_layout()
-    _save(fig, path)
+    save(fig, path)
 
 
 def per_class_bars(labels: Sequence[str], clean_acc_per_class: Sequence[float],
@@ -168,14 +118,14 @@ def per_class_bars(labels: Sequence[str], clean_acc_per_class: Sequence[float],
         clean_acc_per_class, robust_acc_per_class: K accuracies in [0, 1] (``None``/NaN = no images).
         path: PNG destination.  title: figure title.
     """
-    c = np.array([np.nan if v is None else v for v in _np(clean_acc_per_class).tolist()], dtype=float)
-    r = np.array([np.nan if v is None else v for v in _np(robust_acc_per_class).tolist()], dtype=float)
+    c = np.array([np.nan if v is None else v for v in as_numpy(clean_acc_per_class).tolist()], dtype=float)
+    r = np.array([np.nan if v is None else v for v in as_numpy(robust_acc_per_class).tolist()], dtype=float)
     k = max(len(c), len(r))
     c, r = np.pad(c, (0, k - len(c)), constant_values=np.nan), np.pad(r, (0, k - len(r)), constant_values=np.nan)
-    names = [_label(labels, i) for i in range(k)]
+    names = [short_label(labels, i) for i in range(k)]
     idx = np.arange(k)
     w = 0.4
-    fig, ax = _subplots(figsize=(max(5.0, min(0.45 * k + 2, 14.0)), 3.8))
+    fig, ax = subplots(figsize=(max(5.0, min(0.45 * k + 2, 14.0)), 3.8))
     ax.bar(idx - w / 2, np.nan_to_num(c), w, label="clean", color="tab:blue")
     ax.bar(idx + w / 2, np.nan_to_num(r), w, label="robust (worst case)", color="tab:red")
     ax.set_xticks(idx)
@@ -186,7 +136,7 @@ def per_class_bars(labels: Sequence[str], clean_acc_per_class: Sequence[float],
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=11)
-    _save(fig, path)
+    save(fig, path)
 
 
 def bars(names: Sequence[str], values: Sequence[float], path: str | Path, *, title: str, ylabel: str) -> None:
@@ -196,9 +146,9 @@ def bars(names: Sequence[str], values: Sequence[float], path: str | Path, *, tit
         names: N bar labels.  values: N numbers (``None``/NaN drawn as empty).
         path: PNG destination.  title, ylabel: annotations.
     """
-    v = np.array([np.nan if a is None else a for a in _np(values).tolist()], dtype=float)
+    v = np.array([np.nan if a is None else a for a in as_numpy(values).tolist()], dtype=float)
     names = [str(n) for n in names]
-    fig, ax = _subplots(figsize=(max(4.5, min(0.6 * len(names) + 2, 14.0)), 3.6))
+    fig, ax = subplots(figsize=(max(4.5, min(0.6 * len(names) + 2, 14.0)), 3.6))
     idx = np.arange(len(v))
     ax.bar(idx, np.nan_to_num(v), color="tab:blue")
     for i, a in enumerate(v):
@@ -210,4 +160,4 @@ def bars(names: Sequence[str], values: Sequence[float], path: str | Path, *, tit
     ax.set_ylabel(ylabel)
     ax.grid(axis="y", alpha=0.3)
     ax.set_title(title, fontsize=11)
-    _save(fig, path)
+    save(fig, path)

@@ -1,6 +1,6 @@
 """PNG figures of the ``zeroshot`` section (Raw Zero-Shot, Kotyan, Matsuki & Vargas, PLOS ONE 2022).
 
-Same conventions as :mod:`trustvision.report.figures` (object-oriented matplotlib on an Agg canvas, no
+Same conventions as :mod:`.common` (object-oriented matplotlib on an Agg canvas, no
 pyplot, DPI 100): each helper takes arrays and a destination path, writes one PNG and returns ``None``.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .figures import _np, _save, _subplots
+from .common import as_numpy, save, subplots
 
 __all__ = ["correlation_scatter", "metric_bars", "soft_label_pca"]
 
@@ -25,7 +25,7 @@ def metric_bars(archs: Sequence[str], means: dict[str, Sequence[float]], spreads
         path: PNG destination.
     """
     names = list(means)
-    fig, axes = _subplots(1, len(names), figsize=(3.6 * len(names) + 0.6, 3.6))
+    fig, axes = subplots(1, len(names), figsize=(3.6 * len(names) + 0.6, 3.6))
     axes = np.atleast_1d(axes).ravel()
     pos = np.arange(len(archs))
     for ax, name in zip(axes, names):
@@ -40,7 +40,7 @@ def metric_bars(archs: Sequence[str], means: dict[str, Sequence[float]], spreads
         ax.set_title(name, fontsize=10)
     fig.suptitle(title or "Raw Zero-Shot metrics: mean ± std over held-out classes", fontsize=10)
     fig.tight_layout()
-    _save(fig, path)
+    save(fig, path)
 
 
 def _pca2(x: np.ndarray) -> np.ndarray:
@@ -65,12 +65,12 @@ def soft_label_pca(soft: Sequence[Any], class_names: Sequence[str], dbm: Sequenc
         soft: per held-out class, (n_k, N-1) soft labels.  class_names: (N,) names.
         dbm: (N,) DBM of each class (panel titles).  path: PNG destination.
     """
-    proj = [_pca2(_np(s).astype(float)) for s in soft]
+    proj = [_pca2(as_numpy(s).astype(float)) for s in soft]
     lim = max([float(np.abs(p).max()) for p in proj if p.size] + [1e-3]) * 1.1
     n = len(proj)
     cols = min(n, 5)
     rows = -(-n // cols)
-    fig, axes = _subplots(rows, cols, figsize=(2.1 * cols, 2.1 * rows + 0.4))
+    fig, axes = subplots(rows, cols, figsize=(2.1 * cols, 2.1 * rows + 0.4))
     axes = np.atleast_1d(axes).ravel()
     for i, ax in enumerate(axes):
         if i >= n:
@@ -86,7 +86,7 @@ def soft_label_pca(soft: Sequence[Any], class_names: Sequence[str], dbm: Sequenc
         ax.set_title(f"held out {class_names[i]}" + (f"\nDBM {d:.3f}" if d is not None else ""), fontsize=8)
     fig.suptitle(title or "Held-out soft labels (PCA, shared scale)", fontsize=9)
     fig.tight_layout()
-    _save(fig, path)
+    save(fig, path)
 
 
 def correlation_scatter(points: dict[str, dict[str, Any]], path: str | Path, *, attack: str,
@@ -101,7 +101,7 @@ def correlation_scatter(points: dict[str, dict[str, Any]], path: str | Path, *, 
         stats: metric name -> ``{"per_class": correlate(...), "per_architecture": correlate(...)}``.
     """
     names = list(points)
-    fig, axes = _subplots(1, len(names), figsize=(4.2 * len(names), 3.8))
+    fig, axes = subplots(1, len(names), figsize=(4.2 * len(names), 3.8))
     axes = np.atleast_1d(axes).ravel()
     for ax, name in zip(axes, names):
         p = points[name]
@@ -127,4 +127,4 @@ def correlation_scatter(points: dict[str, dict[str, Any]], path: str | Path, *, 
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6, loc="best")
     fig.tight_layout()
-    _save(fig, path)
+    save(fig, path)

@@ -1,6 +1,6 @@
 """PNG figures of the ``certify`` section (randomized smoothing, Cohen et al. 2019).
 
-Same conventions as :mod:`trustvision.report.figures` (object-oriented matplotlib on an Agg
+Same conventions as :mod:`.common` (object-oriented matplotlib on an Agg
 canvas, no pyplot, DPI 100): each helper takes per-image tensors/arrays of shape (N,) and a
 destination path, writes one PNG and returns ``None``.
 """
@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .figures import _np, _save, _subplots
+from .common import as_numpy, save, subplots
 
 __all__ = ["certified_accuracy_curve", "radius_histogram"]
 
@@ -25,13 +25,13 @@ def certified_accuracy_curve(radius: Any, correct: Any, path: str | Path, *, sig
         path: PNG destination.  sigma: noise level (legend).  marks: radii to mark with their values.
         max_radius: the largest radius the sample count can certify (drawn dashed).
     """
-    r, ok = _np(radius).astype(float), _np(correct).astype(bool)
+    r, ok = as_numpy(radius).astype(float), as_numpy(correct).astype(bool)
     n = max(len(r), 1)
     good = np.sort(r[ok])
     top = max(float(max(marks, default=0.0)), float(good.max()) if len(good) else 0.0, max_radius) * 1.05 or 1.0
     grid = np.linspace(0.0, top, 400)
     acc = (len(good) - np.searchsorted(good, grid, side="left")) / n
-    fig, ax = _subplots(figsize=(6.4, 4.0))
+    fig, ax = subplots(figsize=(6.4, 4.0))
     ax.plot(grid, acc, lw=2, color="tab:blue", label=f"σ = {sigma:g}")
     for m in marks:
         a = float((good >= m).sum()) / n
@@ -45,7 +45,7 @@ def certified_accuracy_curve(radius: Any, correct: Any, path: str | Path, *, sig
     ax.legend(fontsize=8, loc="upper right")
     ax.set_title(title or "Certified accuracy vs radius", fontsize=10)
     fig.tight_layout()
-    _save(fig, path)
+    save(fig, path)
 
 
 def radius_histogram(radius: Any, correct: Any, abstained: Any, path: str | Path, *, bins: int = 20,
@@ -56,8 +56,8 @@ def radius_histogram(radius: Any, correct: Any, abstained: Any, path: str | Path
         radius: (N,) radii.  correct: (N,) bool certified class = label.  abstained: (N,) bool.
         path: PNG destination.  bins: histogram bins.
     """
-    r, ok, ab = _np(radius).astype(float), _np(correct).astype(bool), _np(abstained).astype(bool)
-    fig, ax = _subplots(figsize=(6.4, 3.6))
+    r, ok, ab = as_numpy(radius).astype(float), as_numpy(correct).astype(bool), as_numpy(abstained).astype(bool)
+    fig, ax = subplots(figsize=(6.4, 3.6))
     top = float(r.max()) if len(r) and r.max() > 0 else 1.0
     edges = np.linspace(0.0, top, bins + 1)
     ax.hist([r[ok], r[~ok & ~ab]], bins=edges, stacked=True, color=["tab:green", "tab:red"],
@@ -67,4 +67,4 @@ def radius_histogram(radius: Any, correct: Any, abstained: Any, path: str | Path
     ax.legend(fontsize=8, title=f"abstained: {int(ab.sum())} of {len(r)}", title_fontsize=8)
     ax.set_title(title or "Per-image certified radius", fontsize=10)
     fig.tight_layout()
-    _save(fig, path)
+    save(fig, path)

@@ -1,12 +1,12 @@
 """PNG figure of ``trustvision train``: per-epoch loss and clean / PGD accuracy.
 
-Same conventions as :mod:`trustvision.report.figures` (pyplot-free matplotlib, Agg canvas).
+Same conventions as :mod:`.common` (pyplot-free matplotlib, Agg canvas).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from .figures import _save, _subplots
+from .common import save, subplots
 
 __all__ = ["training_curves"]
 
@@ -18,7 +18,7 @@ def training_curves(history: list[dict], path: str | Path, *, title: str = "") -
     evaluation set was given, ``clean_accuracy``, ``robust_accuracy``, ``eval_eps``).
     """
     epochs = [h["epoch"] for h in history]
-    fig, axes = _subplots(1, 2, figsize=(9.6, 3.6))
+    fig, axes = subplots(1, 2, figsize=(9.6, 3.6))
     loss, acc = axes[0][0], axes[0][1]
     loss.plot(epochs, [h["train_loss"] for h in history], "o-", color="tab:grey")
     loss.set(xlabel="epoch", ylabel="training loss", title="loss")
@@ -33,4 +33,4 @@ def training_curves(history: list[dict], path: str | Path, *, title: str = "") -
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
-    _save(fig, path)
+    save(fig, path)

@@ -1,6 +1,6 @@
 """PNG figures of the ``explain`` section: CAM overlays, cluster centres, deletion/insertion curves.
 
-Same conventions as :mod:`trustvision.report.figures` (object-oriented matplotlib on an Agg
+Same conventions as :mod:`.common` (object-oriented matplotlib on an Agg
 canvas, no pyplot, DPI 100): every helper takes tensors/arrays and a destination path,
 writes one PNG and returns ``None``.  Images are (N, C, H, W) in [0, 1]; maps (N, H, W) in [0, 1].
 """
@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .figures import _label, _np, _save, _subplots, _to_image
+from .common import as_numpy, save, short_label, subplots, to_image
 
 __all__ = ["cam_grid", "cluster_centers", "faithfulness_curves"]
 CMAP = "jet"
@@ -20,7 +20,7 @@ CMAP = "jet"
 def _show(ax, img: np.ndarray, cam: np.ndarray | None = None, title: str = "", color: str = "black") -> None:
     """Draw an image (C, H, W) on ``ax``, optionally with a translucent CAM (H, W) on top."""
     gray = img.shape[0] == 1
-    ax.imshow(_to_image(img), cmap="gray" if gray else None, vmin=0, vmax=1)
+    ax.imshow(to_image(img), cmap="gray" if gray else None, vmin=0, vmax=1)
     if cam is not None:
         ax.imshow(np.clip(cam, 0, 1), cmap=CMAP, vmin=0, vmax=1, alpha=0.5)
     ax.set_title(title, fontsize=8, color=color)
@@ -37,10 +37,10 @@ def cam_grid(x: Any, cam: Any, x_adv: Any, cam_adv: Any, pred: Any, pred_adv: An
         pred, pred_adv: (N,) predicted classes.  iou: (N,) IoU of the top regions of both maps.
         labels: class names.  path: PNG destination.  max_examples: rows drawn at most.
     """
-    x, xa, c, ca = (_np(v).astype(np.float32) for v in (x, x_adv, cam, cam_adv))
-    p, pa, io = _np(pred).astype(int), _np(pred_adv).astype(int), _np(iou).astype(float)
+    x, xa, c, ca = (as_numpy(v).astype(np.float32) for v in (x, x_adv, cam, cam_adv))
+    p, pa, io = as_numpy(pred).astype(int), as_numpy(pred_adv).astype(int), as_numpy(iou).astype(float)
     n = max(min(len(x), max_examples), 1)
-    fig, axes = _subplots(n, 4, figsize=(7.6, 2.0 * n))
+    fig, axes = subplots(n, 4, figsize=(7.6, 2.0 * n))
     for i in range(n):
         row = axes[i]
         if i >= len(x):
@@ -49,12 +49,12 @@ def cam_grid(x: Any, cam: Any, x_adv: Any, cam_adv: Any, pred: Any, pred_adv: An
             row[1].text(0.5, 0.5, "no examples", ha="center", va="center")
             continue
         fooled = pa[i] != p[i]
-        _show(row[0], x[i], None, f"original: {_label(labels, p[i])}")
+        _show(row[0], x[i], None, f"original: {short_label(labels, p[i])}")
         _show(row[1], x[i], c[i], "CAM")
-        _show(row[2], xa[i], None, f"adversarial: {_label(labels, pa[i])}", "tab:red" if fooled else "tab:green")
+        _show(row[2], xa[i], None, f"adversarial: {short_label(labels, pa[i])}", "tab:red" if fooled else "tab:green")
         _show(row[3], xa[i], ca[i], f"CAM (IoU {io[i]:.2f})")
     fig.tight_layout()
-    _save(fig, path)
+    save(fig, path)
 
 
 def cluster_centers(centers: Any, sizes: Sequence[int], members: Sequence[Sequence[int]], x: Any, maps: Any,
@@ -66,9 +66,9 @@ def cluster_centers(centers: Any, sizes: Sequence[int], members: Sequence[Sequen
         centers: (k, H, W) mean maps.  sizes: (k,) members per cluster.  members: per cluster, indices.
         x: (N, C, H, W) images.  maps: (N, H, W) CAMs.  path: PNG destination.
     """
-    ce, xs, ms = _np(centers).astype(np.float32), _np(x).astype(np.float32), _np(maps).astype(np.float32)
+    ce, xs, ms = as_numpy(centers).astype(np.float32), as_numpy(x).astype(np.float32), as_numpy(maps).astype(np.float32)
     k = max(len(ce), 1)
-    fig, axes = _subplots(k, thumbs + 1, figsize=(1.5 * (thumbs + 1), 1.6 * k + 0.3))
+    fig, axes = subplots(k, thumbs + 1, figsize=(1.5 * (thumbs + 1), 1.6 * k + 0.3))
     for r in range(k):
         row = axes[r]
         for ax in row:
@@ -81,7 +81,7 @@ def cluster_centers(centers: Any, sizes: Sequence[int], members: Sequence[Sequen
             _show(row[j + 1], xs[idx], ms[idx], f"#{idx}")
             row[j + 1].axis("on")
     fig.tight_layout()
-    _save(fig, path)
+    save(fig, path)
 
 
 def faithfulness_curves(fractions: Any, curves: dict[str, tuple[Any, Any]], path: str | Path, *,
@@ -92,11 +92,11 @@ def faithfulness_curves(fractions: Any, curves: dict[str, tuple[Any, Any]], path
         fractions: (S+1,) pixel fractions.  curves: name -> (deletion (N, S+1), insertion (N, S+1)).
         path: PNG destination.  title: figure title.
     """
-    f = _np(fractions).astype(float)
-    fig, axes = _subplots(1, 2, figsize=(8.6, 3.4))
+    f = as_numpy(fractions).astype(float)
+    fig, axes = subplots(1, 2, figsize=(8.6, 3.4))
     for name, (dele, ins) in curves.items():
         for ax, cur in zip(axes[0], (dele, ins)):
-            c = _np(cur).astype(float)
+            c = as_numpy(cur).astype(float)
             m = c.mean(0) if len(c) else np.zeros_like(f)
             auc = float(((m[1:] + m[:-1]) / 2 * np.diff(f)).sum()) if len(f) > 1 else float("nan")
             ax.plot(f, m, lw=1.8, label=f"{name} (AUC {auc:.3f})")
@@ -110,4 +110,4 @@ def faithfulness_curves(fractions: Any, curves: dict[str, tuple[Any, Any]], path
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    _save(fig, path)
+    save(fig, path)

@@ -1,0 +1,65 @@
+"""Shared helpers of the report's figure modules: pyplot-free matplotlib, tensor -> NumPy, labels.
+
+Figures are built with the object-oriented ``matplotlib.figure.Figure`` API on an Agg canvas, not
+``pyplot``: nothing touches the global backend or pyplot's figure registry, so the helpers work
+headless, leak no open figures and leave a caller's notebook backend alone.  DPI is kept modest
+(:data:`DPI` = 100) so a self-contained ``report.html`` that embeds the files stays small.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure as MplFigure
+
+DPI = 100
+
+__all__ = ["DPI", "as_numpy", "save", "subplots", "to_image", "short_label", "wrap_title"]
+
+
+def as_numpy(a: Any) -> np.ndarray:
+    """Any tensor / array / list -> NumPy array on the CPU (float tensors stay float)."""
+    if hasattr(a, "detach"):                      # torch.Tensor (possibly on a GPU or bf16)
+        a = a.detach().cpu()
+        if a.is_floating_point():
+            a = a.float()
+        return a.numpy()
+    return np.asarray(a)
+
+
+def save(fig: MplFigure, path: str | Path) -> None:
+    """Write ``fig`` to ``path`` as PNG (parent folders created); the figure is then garbage."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, format="png", bbox_inches="tight")
+
+
+def subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float]) -> tuple[MplFigure, Any]:
+    """A pyplot-free ``plt.subplots``: a Figure on an Agg canvas and its axes.
+
+    One axes object for (1, 1); otherwise a (nrows, ncols) array of axes (never squeezed).
+    """
+    fig = MplFigure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(nrows, ncols, squeeze=False) if (nrows, ncols) != (1, 1) else fig.subplots()
+
+
+def to_image(t: np.ndarray) -> np.ndarray:
+    """(C, H, W) in [0, 1] -> (H, W) or (H, W, 3) for ``imshow``."""
+    t = np.clip(t, 0.0, 1.0)
+    if t.shape[0] == 1:
+        return t[0]
+    return np.transpose(t[:3], (1, 2, 0))
+
+
+def short_label(labels: Sequence[str], k: int, width: int = 18) -> str:
+    """Class name for index ``k`` (the index itself when unnamed), cut to ``width`` characters."""
+    name = str(labels[k]) if 0 <= k < len(labels) else str(k)
+    return name if len(name) <= width else name[: width - 1] + "…"
+
+
+def wrap_title(text: str, width: int = 30) -> str:
+    """Break a "true A → pred B (p)" title before the arrow when it would overflow its panel."""
+    return text.replace(" → ", "\n→ ") if len(text) > width else text
