@@ -21,8 +21,9 @@ from pathlib import Path
 import torch
 
 from common import device_name, load_average, write_results   # bench/common.py
-from trustvision.defenses import Smoothed, noise_trained_mnist
+from trustvision.defenses import Smoothed
 from trustvision.models.classifier import Classifier
+from trustvision.training import noise_trained_mnist
 
 
 def build(name: str, device: torch.device, precision: str) -> tuple[Classifier, torch.Tensor]:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import argparse
 
-from trustvision.training.trainer import adversarially_trained_mnist
+from trustvision.training import adversarially_trained_mnist
 from trustvision.defenses.transforms import defend
 from trustvision.evaluation.sections.robustness import RobustnessConfig, robustness_section
 from trustvision.models.classifier import Classifier
-from trustvision.training.cache import mnist_demo_model
+from trustvision.training import mnist_demo_model
 
 EPS = [0.1, 0.2, 0.3]
 

@@ -19,7 +19,7 @@ from trustvision.data import bundled
 from trustvision.models import zoo
 from trustvision.attacks import PGD
 from trustvision.training.trainer import TrainConfig, train
-from trustvision.evaluation.sections.robustness import run_batched
+from trustvision.attacks.runner import run_batched
 from trustvision.models.classifier import Classifier
 
 

@@ -1,6 +1,6 @@
 """trustvision from Python: train the demo CNN, attack it, audit it (runs offline in about a minute)."""
 import trustvision as tv
-from trustvision.training.cache import mnist_demo_model
+from trustvision.training import mnist_demo_model
 
 module, _, test, _, _ = mnist_demo_model()
 clf = tv.Classifier(module, num_classes=10, channels=1, name="mnist-smallcnn")

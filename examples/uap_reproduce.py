@@ -35,7 +35,7 @@ from trustvision.attacks.universal import UniversalPerturbation
 from trustvision.evaluation.fooling import fooling_rates
 from trustvision.evaluation.sections.uap import LUMA, source_images
 from trustvision.models.classifier import Classifier
-from trustvision.training.cache import cached_model, mnist_demo_model, train_classifier
+from trustvision.training import cached_model, mnist_demo_model, train_classifier
 
 ZETAS = (0.1, 0.2, 0.3)
 TARGET = 3

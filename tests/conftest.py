@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from trustvision.models.classifier import Classifier
-from trustvision.training.cache import mnist_demo_model
+from trustvision.training import mnist_demo_model
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Adversarial training (defenses/training.py): methods, resume, checkpoints, DDP under torchrun, CLI."""
+"""Adversarial training (training/trainer.py): methods, resume, checkpoints, DDP under torchrun, CLI."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from trustvision.data import bundled
 from trustvision.models import zoo
-from trustvision.defenses import checkpoint
+from trustvision.training import checkpoint
 from trustvision.training.trainer import TrainConfig, evaluate, train
 from trustvision.errors import TrustVisionError
 from trustvision.models.classifier import Classifier

@@ -18,11 +18,10 @@ from trustvision.models import zoo
 from trustvision.attacks import PGD
 from trustvision.auditor import AuditConfig, audit
 from trustvision.cli.app import app
-from trustvision.defenses import (ABSTAIN, Smoothed, binomial_p_value, clopper_pearson_lower, max_certifiable_radius,
-                                  noise_trained_mnist)
+from trustvision.defenses import ABSTAIN, Smoothed, binomial_p_value, clopper_pearson_lower, max_certifiable_radius
 from trustvision.errors import TrustVisionError
 from trustvision.models.classifier import Classifier
-from trustvision.training.cache import train_classifier
+from trustvision.training import noise_trained_mnist, train_classifier
 
 SIGMA = 0.25
 

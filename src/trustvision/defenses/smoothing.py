@@ -177,7 +177,7 @@ class Smoothed:
         self.sigma, self.n0, self.n, self.alpha, self.batch_size, self.seed = sigma, n0, n, alpha, batch_size, seed
         check_settings(self)
 
-    def config(self) -> dict:
+    def describe(self) -> dict:
         """Settings, for results.json."""
         return {"sigma": self.sigma, "n0": self.n0, "n": self.n, "alpha": self.alpha,
                 "batch_size": self.batch_size, "seed": self.seed}
@@ -272,19 +272,3 @@ class _SmoothedModule(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.smoothed.smoothed_logits(x, self.m, self.gen)
 
-
-def noise_trained_mnist(sigma: float = 0.25, *, seed: int = 0, epochs: int = 4, progress=None):
-    """:func:`trustvision.models.zoo.small.smallcnn` trained with Gaussian noise ``sigma`` on the bundled MNIST (80/20 split).
-
-    Cached like the demo model.  Returns (module, train set, test set, weights path, cached?).
-    """
-    from ..data import bundled
-    from ..models.zoo import small as zoo
-    from ..training.cache import cached_model, train_classifier
-    train, test = bundled.load("mnist").split(0.2, seed=seed)
-    key = {"name": "mnist-smallcnn-noise", "sigma": float(sigma), "seed": seed, "epochs": epochs, "v": 1,
-           "torch": torch.__version__.split("+")[0]}
-    module, path, cached = cached_model(
-        key, lambda: zoo.smallcnn(10, 1),
-        lambda mod: train_classifier(mod, train, epochs=epochs, seed=seed, noise_sigma=sigma, progress=progress))
-    return module, train, test, path, cached

@@ -4,54 +4,59 @@ One file holds everything a resumed run needs:
 
 * ``model.<name>``: the module's state dict (the same tensors as a plain weights file);
 * ``optim.<param index>.<key>``: the optimizer's per-parameter state (Adam moments, SGD momentum);
+* ``extra.<name>``: further tensors the trainer needs to resume exactly (the ``onecycle`` recipe's
+  random-generator states);
 * metadata (strings): ``format``, ``epoch`` (epochs completed), ``fingerprint`` (of the training
   configuration) and ``history`` (JSON list of per-epoch metrics).
 
-Writing goes to ``PATH.tmp`` first and is moved over ``PATH`` with :func:`os.replace`, so an
-interruption leaves either the old or the new checkpoint, never half of one.  No pickle is involved
-in either direction.
+Writing goes through :func:`trustvision.persist.atomic_write` (a unique temporary file, then
+:func:`os.replace`), so an interruption leaves either the old or the new checkpoint, never half of one.
+No pickle is involved in either direction.
 """
 from __future__ import annotations
 
 import json
-import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..errors import TrustVisionError
+from ..persist import atomic_write
 
 FORMAT = "trustvision-train-v1"
 
 
 @dataclass
 class Checkpoint:
-    """A loaded checkpoint: ``epoch`` epochs done, ``history`` so far, configuration ``fingerprint``."""
+    """A loaded checkpoint: ``epoch`` epochs done, ``history`` so far, configuration ``fingerprint``, ``extra`` tensors."""
 
     epoch: int
     history: list[dict]
     fingerprint: str
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def save_weights(module: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
     """The module's state dict as a plain safetensors file (atomic)."""
     from safetensors.torch import save_file
     tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    _atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def save(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer, *, epoch: int, history: list[dict],
-         fingerprint: str) -> None:
-    """Write model + optimizer state + progress to ``path`` atomically."""
+         fingerprint: str, extra: dict[str, torch.Tensor] | None = None) -> None:
+    """Write model + optimizer state + progress (+ ``extra`` tensors) to ``path`` atomically."""
     from safetensors.torch import save_file
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     for idx, state in optimizer.state_dict()["state"].items():
         for key, value in state.items():
             tensors[f"optim.{idx}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    for key, value in (extra or {}).items():
+        tensors[f"extra.{key}"] = value.detach().cpu().contiguous()
     meta = {"format": FORMAT, "epoch": str(epoch), "fingerprint": fingerprint, "history": json.dumps(history)}
-    _atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
 def load(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer) -> Checkpoint:
@@ -78,7 +83,8 @@ def load(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer) -> Che
             state.setdefault(int(idx), {})[key] = v if key == "step" else v.to(device)
     sd = optimizer.state_dict()
     optimizer.load_state_dict({"state": state, "param_groups": sd["param_groups"]})
-    return Checkpoint(int(meta["epoch"]), json.loads(meta["history"]), meta.get("fingerprint", ""))
+    extra = {k[6:]: v for k, v in tensors.items() if k.startswith("extra.")}
+    return Checkpoint(int(meta["epoch"]), json.loads(meta["history"]), meta.get("fingerprint", ""), extra)
 
 
 def fingerprint_of(path: Path) -> str | None:
@@ -90,10 +96,3 @@ def fingerprint_of(path: Path) -> str | None:
     except Exception:
         return None
 
-
-def _atomic(path: Path, write) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)

@@ -49,14 +49,6 @@ class Dist:
         if self.active:
             tdist.barrier()
 
-    def broadcast_flag(self, value: bool) -> bool:
-        """Rank 0's ``value`` on every rank (e.g. "a checkpoint exists" decided by the writer)."""
-        if not self.active:
-            return value
-        t = torch.tensor([int(value)], device=self.device if self.device.type == "cuda" else "cpu")
-        tdist.broadcast(t, src=0)
-        return bool(t.item())
-
 
 SINGLE = Dist()     # the single-process default
 

@@ -1,169 +1,65 @@
-"""Adversarial training: one trainer for standard, PGD-AT, fast AT and TRADES, on 1 or N processes.
+"""One trainer for standard, noise-augmented, PGD-AT, fast-AT and TRADES training, on 1 or N processes.
 
-* ``standard``: cross-entropy on clean images (optionally Gaussian-noise augmented, ``noise_sigma``,
-  the base-classifier training of randomized smoothing, Cohen et al. 2019).
-* ``pgd`` — Madry et al., "Towards Deep Learning Models Resistant to Adversarial Attacks", ICLR 2018:
-  cross-entropy on L∞ PGD examples (``attack_steps`` steps of size ``alpha``, random start).
-* ``fast`` — Wong, Rice & Kolter, "Fast is better than free: Revisiting adversarial training",
-  ICLR 2020: one FGSM step of size ``1.25·eps`` from a uniform random start in the ball.
-* ``trades`` — Zhang et al., "Theoretically Principled Trade-off between Robustness and Accuracy",
-  ICML 2019: ``CE(f(x), y) + β·KL(softmax f(x) ‖ softmax f(x'))`` with ``x'`` from PGD on the KL
-  term, started at ``x + 0.001·N(0, I)``.
+The methods (papers, losses) are in :mod:`.methods`, the settings in :class:`~.config.TrainConfig`.
+:func:`train` runs them with checkpoints, resume, DDP and per-epoch history; :func:`train_classifier`
+is the short form used for the small cached models (the demo model, the zero-shot zoo, the
+noise-trained smoothing base model): the ``standard`` method with the ``onecycle`` recipe.
 
-The examples are made with the project's own attack primitives (:func:`~trustvision.attacks.base.input_gradient`,
-:func:`~trustvision.attacks.gradient.steepest` / ``project`` / ``enforce_budget``) through a
-:class:`~trustvision.models.classifier.Classifier` on the *unwrapped* module in eval mode, as TRADES and most
-reference code do; only the parameter update runs in train mode.
+**Two recipes for data order and noise.**
+
+* ``cosine`` / ``step`` / ``constant`` schedules: each rank reads its share of every global batch
+  through a ``DistributedSampler`` (reshuffled from ``seed + epoch``), random starts come from a
+  generator seeded by (seed, epoch) and Gaussian noise from another one; the learning rate is a
+  function of the step.
+* ``onecycle`` (Smith & Topin 2019, :class:`torch.optim.lr_scheduler.OneCycleLR` over all steps):
+  ``torch.manual_seed(seed)`` first, one ``torch.Generator`` seeded with ``seed`` draws a
+  ``randperm`` per epoch, the global batch ``b`` of an epoch is ``perm[b·B:(b+1)·B]`` (each rank takes
+  every ``world``-th image), noise is ``torch.randn`` from the global generator.  This is the recipe
+  the cached models were trained with, kept bit for bit so their cache entries stay valid.
 
 **Distributed**: under ``torchrun --nproc-per-node N`` the module is wrapped in
-``DistributedDataParallel`` and each rank reads its share of every global batch through a
-``DistributedSampler``.  Each global batch of ``batch_size`` images is split as ``batch_size / N``
-per rank, and the random starts are drawn for the whole global batch and then sliced, so N processes
+``DistributedDataParallel``; each global batch of ``batch_size`` images is split as ``batch_size / N``
+per rank, and random starts and noise are drawn for the whole global batch and then sliced, so N processes
 follow the same trajectory as one, up to floating-point reduction order.  Metrics are summed across ranks;
 rank 0 writes checkpoints.
 
 **Checkpoints**: after every epoch, ``OUT/checkpoint.safetensors`` (model + optimizer + history, see
 :mod:`.checkpoint`), written atomically.  A re-run with the same configuration resumes after the last
-finished epoch.  The data order, random starts and learning rate depend only on (seed, epoch, step),
-so a resumed run ends with the same weights as an uninterrupted one.
+finished epoch.  Data order, random starts and learning rate depend only on (seed, epoch, step) — for
+``onecycle`` the shuffling and global generator states are stored in the checkpoint — so a resumed run
+ends with the same weights as an uninterrupted one.
 
 Shapes: training images (N, C, H, W) in [0, 1], labels (N,) int64, as a :class:`~trustvision.data.dataset.Dataset`.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
+import warnings
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ContextManager
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DistributedSampler
 
-from ..attacks.gradient import attack_loss, check_number, enforce_budget, pgd_steps, project
 from ..data.dataset import Dataset
-from .distributed import SINGLE, Dist
 from ..errors import TrustVisionError
 from ..models.classifier import Classifier
-from ..progress import Quiet
 from ..persist import write_json_atomic
+from ..progress import Progress, Quiet
 from . import checkpoint
+from .config import AMP, METHODS, OPTIMIZERS, SCHEDULES, TrainConfig, TrainResult
+from .distributed import SINGLE, Dist
+from .methods import evaluate, overfitting_warning, pgd_from, training_inputs, training_loss
 
-METHODS = ("standard", "pgd", "fast", "trades")
-SCHEDULES = ("cosine", "step", "constant")
-OPTIMIZERS = ("adam", "sgd")
-AMP = ("off", "bf16", "fp16")
-
-
-@dataclass
-class TrainConfig:
-    """How to train.  Budgets are L∞ in [0, 1] pixel units."""
-
-    name: ClassVar[str] = "train"
-    method: str = "standard"
-    epochs: int = 10
-    batch_size: int = 128
-    optimizer: str = "adam"
-    lr: float = 2e-3
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    schedule: str = "cosine"
-    eps: float = 8 / 255
-    eps_warmup_epochs: float = 0.0          # linear ramp of eps from 0 over this many epochs
-    attack_steps: int = 10                  # PGD-AT and TRADES inner steps
-    alpha: float | None = None              # step size; None: 2.5·eps/steps (fast AT: 1.25·eps)
-    trades_beta: float = 6.0
-    noise_sigma: float = 0.0
-    amp: str = "off"
-    eval_eps: float | None = None           # PGD budget of the per-epoch evaluation (None: eps)
-    eval_steps: int = 10
-    eval_images: int = 500
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for key, options in (("method", METHODS), ("schedule", SCHEDULES), ("optimizer", OPTIMIZERS), ("amp", AMP)):
-            if getattr(self, key) not in options:
-                raise TrustVisionError(f"train: {key} must be one of {options}, got {getattr(self, key)!r}")
-        for f in ("epochs", "batch_size", "attack_steps", "eval_steps"):
-            check_number(self, f, low=1, integer=True)
-        for f in ("eval_images", "seed"):
-            check_number(self, f, integer=True)
-        for f in ("lr", "eps"):
-            check_number(self, f, strict=f == "lr")
-        for f in ("momentum", "weight_decay", "trades_beta", "noise_sigma", "eps_warmup_epochs"):
-            check_number(self, f)
-        check_number(self, "alpha", strict=True, none_ok=True)
-        check_number(self, "eval_eps", none_ok=True)
-        if self.method != "standard" and self.eps <= 0:
-            raise TrustVisionError(f"train: method {self.method!r} needs --eps > 0")
-
-    def fingerprint(self) -> str:
-        """Hash of every setting that changes the trained weights (for resume)."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
-
-    @property
-    def step_size(self) -> float:
-        if self.alpha is not None:
-            return float(self.alpha)
-        return 1.25 * self.eps if self.method == "fast" else 2.5 * self.eps / self.attack_steps
+__all__ = ["AMP", "METHODS", "OPTIMIZERS", "SCHEDULES", "TrainConfig", "TrainResult", "evaluate",
+           "overfitting_warning", "pgd_from", "train", "train_classifier"]
 
 
-@dataclass
-class TrainResult:
-    """The trained module (eval mode), per-epoch ``history`` and where files went."""
-
-    module: nn.Module
-    history: list[dict] = field(default_factory=list)
-    seconds: float = 0.0
-    resumed_from: int = 0
-    files: dict[str, str] = field(default_factory=dict)
-
-
-# -------------------------------------------------------------- adversarial examples
-def _start(kind: str, shape: torch.Size, eps: float, gen: torch.Generator, device, dist: Dist) -> Tensor:
-    """Random starts for this rank's share of a global batch: drawn for all ranks, then sliced."""
-    full = (shape[0] * dist.world, *shape[1:])
-    if kind == "uniform":
-        noise = (torch.rand(full, generator=gen, device=device) * 2 - 1) * eps
-    else:
-        noise = 0.001 * torch.randn(full, generator=gen, device=device)
-    return noise[dist.rank::dist.world]
-
-
-def pgd_from(clf: Classifier, x: Tensor, y: Tensor, x0: Tensor, *, eps: float, alpha: float, steps: int,
-             loss_fn=None) -> Tensor:
-    """L∞ PGD from the start ``x0`` (N, C, H, W): ``steps`` sign steps of ``alpha`` ascending ``loss_fn(logits)``
-    (default: cross-entropy of ``y``), each projected onto the ``eps``-ball around ``x`` and [0, 1]."""
-    loss_fn = loss_fn or (lambda z: attack_loss("ce", z, y, None))
-    x_adv = pgd_steps(clf, x, project(x, x0, eps, "linf"), loss_fn, eps=eps, norm="linf", steps=steps, alpha=alpha)
-    return enforce_budget(x, x_adv.detach(), eps, "linf")
-
-
-def _kl(logits_adv: Tensor, p_clean: Tensor) -> Tensor:
-    """(N,) KL(p_clean ‖ softmax(logits_adv))."""
-    return F.kl_div(logits_adv.log_softmax(1), p_clean, reduction="none").sum(1)
-
-
-def _examples(cfg: TrainConfig, clf: Classifier, x: Tensor, y: Tensor, eps: float, gen, dist: Dist) -> Tensor:
-    if cfg.method == "pgd":
-        x0 = x + _start("uniform", x.shape, eps, gen, x.device, dist)
-        return pgd_from(clf, x, y, x0, eps=eps, alpha=cfg.step_size * eps / cfg.eps, steps=cfg.attack_steps)
-    if cfg.method == "fast":
-        x0 = x + _start("uniform", x.shape, eps, gen, x.device, dist)
-        return pgd_from(clf, x, y, x0, eps=eps, alpha=cfg.step_size * eps / cfg.eps, steps=1)
-    with torch.no_grad():                                  # trades
-        p_clean = clf(x).softmax(1)
-    x0 = x + _start("normal", x.shape, eps, gen, x.device, dist)
-    return pgd_from(clf, x, y, x0, eps=eps, alpha=cfg.step_size * eps / cfg.eps, steps=cfg.attack_steps,
-                    loss_fn=lambda z: _kl(z, p_clean))
-
-
-# ------------------------------------------------------------------ the trainer
 def _lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
     if cfg.schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * step / max(total, 1)))
@@ -178,54 +74,185 @@ def _optimizer(cfg: TrainConfig, module: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.Adam(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def overfitting_warning(method: str, row: dict, gap: float = 0.25) -> str | None:
-    """A sentence when the model resists its own training attack far better than held-out PGD, else None.
+@dataclass
+class _Run:
+    """Everything one training run carries from step to step."""
 
-    The signature of catastrophic overfitting in single-step training (Wong, Rice & Kolter 2020): accuracy on
-    the FGSM training examples stays high while PGD accuracy collapses.  Compared only for ``pgd`` and
-    ``fast``, whose ``train_accuracy`` is measured on adversarial inputs at the same ε as the evaluation.
-    """
-    if method not in ("pgd", "fast") or "robust_accuracy" not in row:
-        return None
-    train_acc, pgd_acc = row["train_accuracy"], row["robust_accuracy"]
-    if train_acc - pgd_acc <= gap:
-        return None
-    return (f"catastrophic overfitting: {train_acc:.0%} accuracy on its own {method} training examples but "
-            f"{pgd_acc:.0%} under held-out PGD at eps={row['eval_eps']:.3g}; the model has learned to resist its "
-            "training attack, not attacks (Wong et al. 2020). Use PGD-AT or TRADES, a smaller eps, or stop earlier.")
+    cfg: TrainConfig
+    module: nn.Module
+    net: nn.Module                                  # ``module``, or its DDP wrapper
+    clf: Classifier
+    opt: torch.optim.Optimizer
+    dist: Dist
+    n_train: int
+    ckpt_path: Path | None
+    history: list[dict] = field(default_factory=list)
+    start_epoch: int = 0
+    sched: Any = None                               # OneCycleLR for ``onecycle``
+    order_gen: torch.Generator | None = None        # ``onecycle``: one shuffling stream across epochs
+    sampler: DistributedSampler | None = None
+    steps_per_epoch: int = 0
+    scaler: Any = None
+    autocast: Callable[[], ContextManager] = nullcontext
+
+    @property
+    def onecycle(self) -> bool:
+        return self.cfg.schedule == "onecycle"
+
+    @property
+    def total(self) -> int:
+        return self.cfg.epochs * self.steps_per_epoch
 
 
-def evaluate(clf: Classifier, data: Dataset, *, eps: float, steps: int, batch_size: int, seed: int,
-             dist: Dist = SINGLE) -> dict[str, float]:
-    """Clean and L∞ PGD (random start, ``steps`` steps, α = 2.5·eps/steps) accuracy on ``data``, all ranks summed.
+def _setup(module: nn.Module, train_data: Dataset, cfg: TrainConfig, clf_options: dict[str, Any] | None,
+           out_dir: Path | None, dist: Dist) -> _Run:
+    """Device, Classifier view, optimizer, data order and precision of a fresh run (no checkpoint yet)."""
+    opts = {"num_classes": int(train_data.y.max()) + 1, "channels": train_data.x.shape[1], **(clf_options or {})}
+    if cfg.batch_size % dist.world:
+        raise TrustVisionError(f"--batch-size {cfg.batch_size} must be divisible by the {dist.world} processes")
+    if cfg.schedule == "onecycle":
+        torch.manual_seed(cfg.seed)
+    module.to(dist.device)
+    clf = Classifier(module, device=dist.device, precision="bf16" if cfg.amp == "bf16" else "fp32",
+                     name="training", **opts)
+    run = _Run(cfg, module, module, clf, _optimizer(cfg, module), dist, len(train_data),
+               Path(out_dir) / "checkpoint.safetensors" if out_dir is not None else None)
+    per_rank = cfg.batch_size // dist.world
+    if run.onecycle:
+        run.order_gen = torch.Generator().manual_seed(cfg.seed)
+        run.steps_per_epoch = math.ceil(len(train_data) / cfg.batch_size)
+    else:
+        run.sampler = DistributedSampler(range(len(train_data)), num_replicas=dist.world, rank=dist.rank,
+                                         shuffle=True, seed=cfg.seed)
+        run.steps_per_epoch = math.ceil(len(run.sampler) / per_rank)
+    run.scaler = torch.amp.GradScaler(dist.device.type, enabled=cfg.amp == "fp16")
+    if cfg.amp != "off":
+        dtype = torch.float16 if cfg.amp == "fp16" else torch.bfloat16
+        run.autocast = lambda: torch.autocast(dist.device.type, dtype=dtype)
+    return run
 
-    Each rank takes every ``world``-th image of each global batch; starts are drawn per global batch.
-    """
-    gen = torch.Generator(device=clf.device).manual_seed(seed + 7919)
-    totals = torch.zeros(3, dtype=torch.float64, device=clf.device)       # clean, robust, n
-    for i in range(0, len(data), batch_size):
-        xg = data.x[i:i + batch_size]
-        noise = (torch.rand(xg.shape, generator=gen, device=clf.device) * 2 - 1) * eps
-        x, y = xg[dist.rank::dist.world].to(clf.device), data.y[i:i + batch_size][dist.rank::dist.world].to(clf.device)
-        if len(x) == 0:
-            continue
-        with torch.no_grad():
-            ok = clf(x).argmax(1) == y
-        if eps > 0:
-            x_adv = pgd_from(clf, x, y, x + noise[dist.rank::dist.world], eps=eps, alpha=2.5 * eps / steps, steps=steps)
-            with torch.no_grad():
-                ok_adv = ok & (clf(x_adv).argmax(1) == y)
-        else:
-            ok_adv = ok
-        totals += torch.stack([ok.sum(), ok_adv.sum(), torch.tensor(len(x), device=clf.device)]).double()
-    totals = dist.sum(totals).tolist()
-    n = max(totals[2], 1.0)
-    return {"clean_accuracy": totals[0] / n, "robust_accuracy": totals[1] / n, "eval_eps": eps, "eval_images": int(n)}
+
+def _resume(run: _Run) -> None:
+    """Continue from ``run.ckpt_path`` (weights, optimizer, history, ``onecycle`` RNG streams)."""
+    path, cfg = run.ckpt_path, run.cfg
+    if checkpoint.fingerprint_of(path) != cfg.fingerprint():
+        raise TrustVisionError(f"{path} was written with other training settings; use another --out "
+                               "or --no-resume to start over")
+    ck = checkpoint.load(path, run.module, run.opt)
+    run.history, run.start_epoch = ck.history, ck.epoch
+    if run.onecycle and "rng.order" in ck.extra:
+        run.order_gen.set_state(ck.extra["rng.order"])
+        torch.set_rng_state(ck.extra["rng.cpu"])
+        if run.dist.device.type == "cuda" and "rng.cuda" in ck.extra:
+            torch.cuda.set_rng_state(ck.extra["rng.cuda"], run.dist.device)
+
+
+def _rng_state(run: _Run) -> dict[str, Tensor]:
+    """The ``onecycle`` recipe's random streams, for the checkpoint (empty for the other schedules)."""
+    if not run.onecycle:
+        return {}
+    state = {"rng.order": run.order_gen.get_state(), "rng.cpu": torch.get_rng_state()}
+    if run.dist.device.type == "cuda":
+        state["rng.cuda"] = torch.cuda.get_rng_state(run.dist.device)
+    return state
+
+
+def _start_schedule(run: _Run) -> None:
+    """OneCycleLR for ``onecycle`` (fast-forwarded past the epochs a checkpoint already holds)."""
+    if not run.onecycle:
+        return
+    run.sched = torch.optim.lr_scheduler.OneCycleLR(run.opt, max_lr=run.cfg.lr, total_steps=run.total)
+    with warnings.catch_warnings():                 # "scheduler.step() before optimizer.step()": intended here
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(run.start_epoch * run.steps_per_epoch):
+            run.sched.step()
+
+
+def _epoch_batches(run: _Run, epoch: int) -> Callable[[int], Tensor]:
+    """``indices(s)``: this rank's training indices for step ``s`` of ``epoch``."""
+    cfg, dist = run.cfg, run.dist
+    if run.onecycle:
+        perm = torch.randperm(run.n_train, generator=run.order_gen)
+        return lambda s: perm[s * cfg.batch_size:(s + 1) * cfg.batch_size][dist.rank::dist.world]
+    run.sampler.set_epoch(epoch)
+    order = torch.tensor(list(iter(run.sampler)))
+    per_rank = cfg.batch_size // dist.world
+    return lambda s: order[s * per_rank:(s + 1) * per_rank]
+
+
+def _add_noise(run: _Run, x: Tensor, g_noise: torch.Generator | None) -> Tensor:
+    """``x + σ·N(0, I)``, the noise drawn for the whole global batch and sliced to this rank's share."""
+    dist, shape = run.dist, (len(x) * run.dist.world, *x.shape[1:])
+    if run.onecycle:                                # the global generator, on the device
+        noise = torch.randn(shape, device=x.device, dtype=x.dtype)
+    else:
+        noise = torch.randn(shape, generator=g_noise).to(dist.device)
+    return x + run.cfg.noise_sigma * noise[dist.rank::dist.world]
+
+
+def _train_epoch(run: _Run, data: Dataset, epoch: int, advance: Callable[[int], None]) -> list[float]:
+    """One pass over ``data``; returns [sum of loss·n, correct, n] over all ranks."""
+    cfg, dist = run.cfg, run.dist
+    indices = _epoch_batches(run, epoch)
+    gen = torch.Generator(device=dist.device).manual_seed(cfg.seed * 1_000_003 + epoch)
+    g_noise = torch.Generator().manual_seed(cfg.seed * 7_368_787 + epoch) if cfg.noise_sigma > 0 else None
+    warmup = cfg.eps_warmup_epochs * run.steps_per_epoch
+    sums = torch.zeros(3, dtype=torch.float64, device=dist.device)       # loss·n, correct, n
+    run.module.train()
+    for s in range(run.steps_per_epoch):
+        step = epoch * run.steps_per_epoch + s
+        idx = indices(s)
+        x, y = data.x[idx].to(dist.device), data.y[idx].to(dist.device)
+        if cfg.noise_sigma > 0:
+            x = _add_noise(run, x, g_noise)
+        eps = cfg.eps * min(1.0, (step + 1) / warmup) if warmup > 0 else cfg.eps
+        x_in = training_inputs(cfg, run.clf, x, y, eps, gen, dist)
+        if run.sched is None:
+            for g in run.opt.param_groups:
+                g["lr"] = cfg.lr * _lr_factor(cfg, step, run.total)
+        with run.autocast():
+            loss, logits = training_loss(cfg, lambda t: run.net(run.clf.preprocess(t)), x, x_in, y)
+        run.opt.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        run.scaler.step(run.opt)
+        run.scaler.update()
+        if run.sched is not None:
+            run.sched.step()
+        sums += torch.stack([loss.detach() * len(x), (logits.argmax(1) == y).sum(),
+                             torch.tensor(len(x), device=dist.device)]).double()
+        advance(1)
+    run.module.eval()
+    return dist.sum(sums).tolist()
+
+
+def _epoch_row(run: _Run, epoch: int, sums: list[float], eval_subset: Dataset | None, t0: float) -> dict:
+    """The history row of a finished epoch: lr, train loss/accuracy, held-out clean/PGD accuracy, warning."""
+    cfg = run.cfg
+    lr = run.opt.param_groups[0]["lr"] if run.sched is not None else \
+        cfg.lr * _lr_factor(cfg, (epoch + 1) * run.steps_per_epoch, run.total)
+    row = {"epoch": epoch + 1, "lr": lr, "train_loss": sums[0] / sums[2], "train_accuracy": sums[1] / sums[2]}
+    if eval_subset is not None:
+        row.update(evaluate(run.clf, eval_subset, eps=cfg.eps if cfg.eval_eps is None else cfg.eval_eps,
+                            steps=cfg.eval_steps, batch_size=cfg.batch_size, seed=cfg.seed, dist=run.dist))
+    row["seconds"] = time.perf_counter() - t0
+    if cfg.eval_eps in (None, cfg.eps) and (warning := overfitting_warning(cfg.method, row)):
+        row["warning"] = warning
+    return row
+
+
+def _write_outputs(run: _Run, out_dir: Path, result: TrainResult) -> None:
+    """``model.safetensors`` (plain weights + the config as metadata) and ``history.json``."""
+    out, desc = Path(out_dir), run.cfg.describe()
+    checkpoint.save_weights(run.module, out / "model.safetensors",
+                            {"method": run.cfg.method, "config": json.dumps(desc)})
+    write_json_atomic(out / "history.json", {"config": desc, "history": run.history})
+    result.files = {"weights": str(out / "model.safetensors"), "checkpoint": str(run.ckpt_path),
+                    "history": str(out / "history.json")}
 
 
 def train(module: nn.Module, train_data: Dataset, eval_data: Dataset | None, cfg: TrainConfig, *,
           clf_options: dict[str, Any] | None = None, out_dir: Path | None = None, resume: bool = True,
-          dist: Dist = SINGLE, progress=None) -> TrainResult:
+          dist: Dist = SINGLE, progress: Progress | None = None) -> TrainResult:
     """Train ``module`` in place per ``cfg``; returns it (eval mode) with per-epoch metrics.
 
     Args:
@@ -237,109 +264,61 @@ def train(module: nn.Module, train_data: Dataset, eval_data: Dataset | None, cfg
         resume: continue from ``out_dir/checkpoint.safetensors`` when its configuration matches.
     """
     progress = progress if (progress is not None and dist.main) else Quiet()
-    opts = {"num_classes": int(train_data.y.max()) + 1, "channels": train_data.x.shape[1], **(clf_options or {})}
-    if cfg.batch_size % dist.world:
-        raise TrustVisionError(f"--batch-size {cfg.batch_size} must be divisible by the {dist.world} processes")
-    module.to(dist.device)
-    clf = Classifier(module, device=dist.device, precision="bf16" if cfg.amp == "bf16" else "fp32",
-                     name="training", **opts)
-    opt = _optimizer(cfg, module)
-    ckpt_path = Path(out_dir) / "checkpoint.safetensors" if out_dir is not None else None
-    history, start_epoch = [], 0
-    if resume and ckpt_path is not None and ckpt_path.exists():
-        if checkpoint.fingerprint_of(ckpt_path) != cfg.fingerprint():
-            raise TrustVisionError(f"{ckpt_path} was written with other training settings; use another --out "
-                                   "or --no-resume to start over")
-        ck = checkpoint.load(ckpt_path, module, opt)
-        history, start_epoch = ck.history, ck.epoch
-    net = module
+    run = _setup(module, train_data, cfg, clf_options, out_dir, dist)
+    if resume and run.ckpt_path is not None and run.ckpt_path.exists():
+        _resume(run)
+    _start_schedule(run)
     if dist.active:
-        net = nn.parallel.DistributedDataParallel(module, device_ids=[dist.device] if dist.device.type == "cuda" else None)
-    per_rank = cfg.batch_size // dist.world
-    sampler = DistributedSampler(range(len(train_data)), num_replicas=dist.world, rank=dist.rank, shuffle=True,
-                                 seed=cfg.seed)
-    steps_per_epoch = math.ceil(len(sampler) / per_rank)
-    total = cfg.epochs * steps_per_epoch
-    warmup = cfg.eps_warmup_epochs * steps_per_epoch
-    scaler = torch.amp.GradScaler(dist.device.type, enabled=cfg.amp == "fp16")
-    autocast = (lambda: torch.autocast(dist.device.type, dtype=torch.float16 if cfg.amp == "fp16" else torch.bfloat16)) \
-        if cfg.amp != "off" else nullcontext
+        run.net = nn.parallel.DistributedDataParallel(
+            module, device_ids=[dist.device] if dist.device.type == "cuda" else None)
     eval_subset = eval_data.subset(range(min(cfg.eval_images, len(eval_data)))) if eval_data is not None else None
-    t_start = time.perf_counter() - sum(h.get("seconds", 0.0) for h in history)
-    for epoch in range(start_epoch, cfg.epochs):
+    t_start = time.perf_counter() - sum(h.get("seconds", 0.0) for h in run.history)
+    for epoch in range(run.start_epoch, cfg.epochs):
         t0 = time.perf_counter()
-        sampler.set_epoch(epoch)
-        order = torch.tensor(list(iter(sampler)))
-        gen = torch.Generator(device=dist.device).manual_seed(cfg.seed * 1_000_003 + epoch)
-        g_noise = torch.Generator().manual_seed(cfg.seed * 7_368_787 + epoch) if cfg.noise_sigma > 0 else None
-        sums = torch.zeros(3, dtype=torch.float64, device=dist.device)       # loss·n, correct, n
-        advance = progress.task(f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}", steps_per_epoch)
-        module.train()
-        for s in range(steps_per_epoch):
-            step = epoch * steps_per_epoch + s
-            idx = order[s * per_rank:(s + 1) * per_rank]
-            x, y = train_data.x[idx].to(dist.device), train_data.y[idx].to(dist.device)
-            if cfg.noise_sigma > 0:
-                noise = torch.randn((len(x) * dist.world, *x.shape[1:]), generator=g_noise)[dist.rank::dist.world]
-                x = x + cfg.noise_sigma * noise.to(dist.device)
-            eps = cfg.eps * min(1.0, (step + 1) / warmup) if warmup > 0 else cfg.eps
-            x_in = x if cfg.method == "standard" else _examples(cfg, clf, x, y, eps, gen, dist)
-            for g in opt.param_groups:
-                g["lr"] = cfg.lr * _lr_factor(cfg, step, total)
-            with autocast():
-                if cfg.method == "trades":      # one forward of [clean; adversarial] (shared BN statistics)
-                    logits_all = net(clf.preprocess(torch.cat([x, x_in])))
-                    logits, logits_adv = logits_all[:len(x)].float(), logits_all[len(x):].float()
-                    loss = F.cross_entropy(logits, y) + cfg.trades_beta * _kl(logits_adv, logits.softmax(1)).mean()
-                else:
-                    logits = net(clf.preprocess(x_in)).float()
-                    loss = F.cross_entropy(logits, y)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            sums += torch.stack([loss.detach() * len(x), (logits.argmax(1) == y).sum(),
-                                 torch.tensor(len(x), device=dist.device)]).double()
-            advance(1)
-        module.eval()
-        sums = dist.sum(sums).tolist()
-        row = {"epoch": epoch + 1, "lr": cfg.lr * _lr_factor(cfg, (epoch + 1) * steps_per_epoch, total),
-               "train_loss": sums[0] / sums[2], "train_accuracy": sums[1] / sums[2]}
-        if eval_subset is not None:
-            row.update(evaluate(clf, eval_subset, eps=cfg.eps if cfg.eval_eps is None else cfg.eval_eps,
-                                steps=cfg.eval_steps, batch_size=cfg.batch_size, seed=cfg.seed, dist=dist))
-        row["seconds"] = time.perf_counter() - t0
-        if cfg.eval_eps in (None, cfg.eps) and (warning := overfitting_warning(cfg.method, row)):
-            row["warning"] = warning
-        history.append(row)
-        if ckpt_path is not None and dist.main:
-            checkpoint.save(ckpt_path, module, opt, epoch=epoch + 1, history=history, fingerprint=cfg.fingerprint())
+        advance = progress.task(f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}", run.steps_per_epoch)
+        sums = _train_epoch(run, train_data, epoch, advance)
+        run.history.append(_epoch_row(run, epoch, sums, eval_subset, t0))
+        if run.ckpt_path is not None and dist.main:
+            checkpoint.save(run.ckpt_path, module, run.opt, epoch=epoch + 1, history=run.history,
+                            fingerprint=cfg.fingerprint(), extra=_rng_state(run))
         dist.barrier()
-    result = TrainResult(module.eval(), history, time.perf_counter() - t_start, start_epoch)
+    result = TrainResult(module.eval(), run.history, time.perf_counter() - t_start, run.start_epoch)
     if out_dir is not None and dist.main:
-        out = Path(out_dir)
-        checkpoint.save_weights(module, out / "model.safetensors", {"method": cfg.method, "config": json.dumps(asdict(cfg))})
-        write_json_atomic(out / "history.json", {"config": asdict(cfg), "history": history})
-        result.files = {"weights": str(out / "model.safetensors"), "checkpoint": str(ckpt_path),
-                        "history": str(out / "history.json")}
+        _write_outputs(run, out_dir, result)
     return result
 
 
-def adversarially_trained_mnist(method: str = "pgd", *, eps: float = 0.2, epochs: int = 3, attack_steps: int = 3,
-                                seed: int = 0, progress=None):
-    """:func:`trustvision.models.zoo.small.smallcnn` trained with ``method`` at L∞ ``eps`` on the bundled MNIST (80/20 split).
+class _StepCallback:
+    """A :class:`~trustvision.progress.Progress` that reports ``callback(done, total)`` over all epochs."""
 
-    Cached like the demo model (eps ramps up over the first epoch).  Returns (module, train set, test set,
-    weights path, cached?).
+    def __init__(self, callback: Callable[[int, int], None], total: int) -> None:
+        self.callback, self.total, self.done = callback, total, 0
+
+    def task(self, description: str, total: int) -> Callable[[int], None]:
+        def advance(n: int = 1) -> None:
+            self.done += n
+            self.callback(self.done, self.total)
+        return advance
+
+
+def train_classifier(module: nn.Module, data: Dataset, *, epochs: int = 3, batch_size: int = 64, lr: float = 2e-3,
+                     seed: int = 0, device: str = "cpu",
+                     progress: Progress | Callable[[int, int], None] | None = None,
+                     noise_sigma: float = 0.0) -> nn.Module:
+    """Train ``module`` in place with Adam + cross-entropy on ``data`` (pixels in [0, 1]); returns it in eval mode.
+
+    The ``standard`` method of :func:`train` with the ``onecycle`` recipe (one-cycle LR peaking at ``lr``,
+    seeded shuffling, no evaluation, no files).  ``noise_sigma > 0`` adds Gaussian noise N(0, noise_sigma²)
+    to every training batch (no clamping), the base-classifier training of randomized smoothing (Cohen et
+    al. 2019; see :mod:`trustvision.defenses.smoothing`).  ``progress`` is a
+    :class:`~trustvision.progress.Progress` or a callable ``progress(done_steps, total_steps)``.
     """
-    from ..data import bundled
-    from ..models.zoo import small as zoo
-    from .cache import cached_model
-    train_set, test_set = bundled.load("mnist").split(0.2, seed=seed)
-    cfg = TrainConfig(method=method, epochs=epochs, batch_size=64, eps=eps, eps_warmup_epochs=1.0,
-                      attack_steps=attack_steps, seed=seed)
-    key = {"name": f"mnist-smallcnn-{method}", "config": asdict(cfg), "v": 1, "torch": torch.__version__.split("+")[0]}
-    module, path, cached = cached_model(
-        key, lambda: zoo.smallcnn(10, 1),
-        lambda m: train(m, train_set, None, cfg, progress=progress).module)
-    return module, train_set, test_set, path, cached
+    if not noise_sigma >= 0:
+        raise TrustVisionError(f"noise_sigma must be >= 0, got {noise_sigma!r}")
+    cfg = TrainConfig(method="standard", epochs=epochs, batch_size=batch_size, lr=lr, schedule="onecycle",
+                      noise_sigma=noise_sigma, seed=seed)
+    if progress is not None and not hasattr(progress, "task"):
+        progress = _StepCallback(progress, epochs * math.ceil(len(data) / batch_size))
+    nc = max(int(data.y.max()) + 1, 2)                # only the Classifier view needs it (no evaluation here)
+    dist = Dist(device=torch.device(device))
+    return train(module, data, None, cfg, clf_options={"num_classes": nc}, dist=dist, progress=progress).module

@@ -16,7 +16,7 @@ Deviations from the paper, for a small, input-size-agnostic model trained by the
   the same module takes 28x28 and 32x32 inputs (the paper has one W per primary capsule, 1152 x 10);
 * gradients flow through the last routing iteration only (the earlier ones route with detached
   predictions, as several public implementations do): half the backward cost, same forward;
-* no reconstruction decoder and no margin loss: :func:`trustvision.training.cache.train_classifier` trains
+* no reconstruction decoder and no margin loss: :func:`trustvision.training.train_classifier` trains
   every zoo model with cross-entropy;
 * **logits** are ``log ||v_j||`` (capsule lengths are in (0, 1)), so ``softmax(logits)_j = ||v_j|| /
   sum_k ||v_k||``: the soft label of a CapsNet is its capsule lengths normalised to sum to one, and the
@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+
+from .registry import ARCHITECTURES
 
 EPS = 1e-8
 
@@ -96,6 +98,7 @@ class CapsNet(nn.Module):
         return torch.log(self.capsules(x).norm(dim=-1) + EPS)
 
 
+@ARCHITECTURES.register("capsnet")
 def capsnet(num_classes: int = 10, channels: int = 1, width: int = 16) -> nn.Module:
     """The zoo's CapsNet (see the module docstring): (B, channels, H, W) -> (B, num_classes) logits."""
     return CapsNet(num_classes, channels, width)

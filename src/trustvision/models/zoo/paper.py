@@ -27,7 +27,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from .capsnet import capsnet
+from .registry import ARCHITECTURES
 
 
 def _cbr(cin: int, cout: int, k: int = 3, stride: int = 1, bn: bool = True) -> list[nn.Module]:
@@ -40,6 +40,7 @@ def _cbr(cin: int, cout: int, k: int = 3, stride: int = 1, bn: bool = True) -> l
 
 
 # ------------------------------------------------------------------ LeNet
+@ARCHITECTURES.register("lenet")
 def lenet(num_classes: int = 10, channels: int = 1, width: int = 6) -> nn.Module:
     """LeNet-5: Conv5(width)-ReLU-MaxPool-Conv5(16)-ReLU-MaxPool-[AdaptiveAvgPool 5x5]-FC120-FC84-FC.
 
@@ -54,6 +55,7 @@ def lenet(num_classes: int = 10, channels: int = 1, width: int = 6) -> nn.Module
 
 
 # ------------------------------------------------------------------ All-Conv
+@ARCHITECTURES.register("allconv")
 def allconv(num_classes: int = 10, channels: int = 1, width: int = 16) -> nn.Module:
     """All-CNN-C, miniature: 3x3 convs, stride-2 convs in place of pooling, 1x1 class conv, global average pool.
 
@@ -73,6 +75,7 @@ def _mlpconv(cin: int, cout: int, k: int) -> list[nn.Module]:
     return [*_cbr(cin, cout, k), *_cbr(cout, cout, 1), *_cbr(cout, cout, 1)]
 
 
+@ARCHITECTURES.register("nin")
 def nin(num_classes: int = 10, channels: int = 1, width: int = 16) -> nn.Module:
     """Network-in-Network, miniature: three mlpconv blocks (5x5, 3x3, 3x3 each + two 1x1), the last one
     emitting one map per class, global average pooling.  (B, channels, H, W) -> (B, num_classes).
@@ -143,6 +146,7 @@ class _StagedNet(nn.Module):
         return self.head(x.mean((2, 3)))
 
 
+@ARCHITECTURES.register("resnet")
 def resnet(num_classes: int = 10, channels: int = 1, width: int = 8) -> nn.Module:
     """CIFAR ResNet-8: stem conv3(width), basic blocks of width, 2*width, 4*width (strides 1, 2, 2), GAP, FC.
 
@@ -151,6 +155,7 @@ def resnet(num_classes: int = 10, channels: int = 1, width: int = 8) -> nn.Modul
     return _StagedNet(channels, width, [width, 2 * width, 4 * width], BasicBlock, num_classes, pre_act=False)
 
 
+@ARCHITECTURES.register("wideresnet")
 def wideresnet(num_classes: int = 10, channels: int = 1, width: int = 8, widen: int = 2) -> nn.Module:
     """WRN-10-k: stem conv3(width), pre-activation blocks of k*width, 2k*width, 4k*width (strides 1, 2, 2).
 
@@ -172,6 +177,7 @@ class _DenseLayer(nn.Module):
         return torch.cat([x, self.f(x)], 1)
 
 
+@ARCHITECTURES.register("densenet")
 def densenet(num_classes: int = 10, channels: int = 1, width: int = 16, layers: int = 3) -> nn.Module:
     """DenseNet, miniature: stem conv3(width) + 2x2 avg-pool, dense block (``layers`` layers, growth width/2),
     transition (BN-ReLU-conv1 to half the maps, avg-pool), dense block, BN-ReLU, GAP, FC.
@@ -193,6 +199,7 @@ def densenet(num_classes: int = 10, channels: int = 1, width: int = 16, layers: 
 
 
 # ------------------------------------------------------------------ VGG
+@ARCHITECTURES.register("vgg")
 def vgg(num_classes: int = 10, channels: int = 1, width: int = 16) -> nn.Module:
     """VGG-style: [conv3(w)] pool [conv3(2w)] pool [conv3(4w) x2] pool, GAP, FC(4w)-ReLU-FC.
 
@@ -208,8 +215,12 @@ def vgg(num_classes: int = 10, channels: int = 1, width: int = 16) -> nn.Module:
     )
 
 
+# CapsNet registers itself in its own module; imported here, after the families above, so that the
+# registry lists the zoo in the paper's order whichever module is imported first.
+from .capsnet import capsnet  # noqa: E402
+
 PAPER_ARCHS: dict[str, Callable[..., nn.Module]] = {
-    "lenet": lenet, "allconv": allconv, "nin": nin, "resnet": resnet, "densenet": densenet,
-    "wideresnet": wideresnet, "vgg": vgg, "capsnet": capsnet,
+    name: ARCHITECTURES.get(name)
+    for name in ("lenet", "allconv", "nin", "resnet", "densenet", "wideresnet", "vgg", "capsnet")
 }
 """The Raw Zero-Shot zoo (Kotyan et al. 2022's families), by ``trustvision:NAME``."""

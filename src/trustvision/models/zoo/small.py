@@ -7,13 +7,12 @@
 """
 from __future__ import annotations
 
-from typing import Callable
-
 from torch import nn
 
-from .paper import PAPER_ARCHS
+from .registry import ARCHITECTURES
 
 
+@ARCHITECTURES.register("smallcnn")
 def smallcnn(num_classes: int = 10, channels: int = 1, width: int = 16) -> nn.Module:
     """Three Conv(3x3)-ReLU blocks (width, 2w, 4w; pooling after the first two), then pool + MLP.
 
@@ -28,12 +27,11 @@ def smallcnn(num_classes: int = 10, channels: int = 1, width: int = 16) -> nn.Mo
     )
 
 
+@ARCHITECTURES.register("mlp")
 def mlp(num_classes: int = 10, channels: int = 1, size: int = 28, hidden: int = 256) -> nn.Module:
     """Flatten + two hidden layers."""
     return nn.Sequential(nn.Flatten(), nn.Linear(channels * size * size, hidden), nn.ReLU(),
                          nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
 
 
-ARCHS: dict[str, Callable[..., nn.Module]] = {"smallcnn": smallcnn, "mlp": mlp}
-
-ARCHS.update(PAPER_ARCHS)     # the Raw Zero-Shot zoo (lenet, allconv, nin, resnet, ..., capsnet): zoo_archs.py
+ARCHS = ARCHITECTURES    # the whole zoo (filled as :mod:`trustvision.models.zoo` imports .paper and .capsnet)
