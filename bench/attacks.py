@@ -54,7 +54,7 @@ def build_models(names: list[str], device: torch.device, opts: dict, n: int):
     """Yield (name, classifier, x (n,C,H,W), y (n,), eps_linf, eps_l2) with x correctly classified."""
     for name in names:
         if name == "mnist":
-            from trustvision.training.cache import mnist_demo_model
+            from trustvision.training import mnist_demo_model
             module, _, test, _, _ = mnist_demo_model()
             clf = Classifier(module, num_classes=10, channels=1, device=device, name="mnist-smallcnn", **opts)
             pred = clf.predict(test.x).argmax(1).cpu()

@@ -36,7 +36,7 @@ from trustvision.models.classifier import Classifier
 
 def mnist(device: torch.device, n: int):
     """(classifier, x (n,1,28,28), y (n,)): the demo MNIST CNN and its first n correctly classified test images."""
-    from trustvision.training.cache import mnist_demo_model
+    from trustvision.training import mnist_demo_model
     module, _, test, _, _ = mnist_demo_model()
     clf = Classifier(module, num_classes=10, channels=1, device=device, name="mnist-smallcnn")
     pred = clf.predict(test.x).argmax(1).cpu()

@@ -30,7 +30,7 @@ from trustvision.models.classifier import Classifier
 def build(name: str, device: torch.device, n: int, size: int):
     """(classifier, x (n, C, H, W) on the device)."""
     if name == "mnist":
-        from trustvision.training.cache import mnist_demo_model
+        from trustvision.training import mnist_demo_model
         module, _, test, _, _ = mnist_demo_model()
         return Classifier(module, num_classes=10, channels=1, device=device, name="mnist-smallcnn"), \
             test.x[:n].to(device)

@@ -29,7 +29,7 @@ from common import device_name, load_average, write_results   # bench/common.py
 from trustvision.attacks.universal import UniversalPerturbation, mean_norm
 from trustvision.evaluation.fooling import fooling_rates
 from trustvision.models.classifier import Classifier
-from trustvision.training.cache import mnist_demo_model
+from trustvision.training import mnist_demo_model
 
 
 class PixelModel(nn.Module):

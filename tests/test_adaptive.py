@@ -125,7 +125,7 @@ def test_median_needs_no_adaptive_attack(mnist_clf, mnist100):
 
 
 def test_pgd_at_keeps_robustness_under_adaptive_attacks(mnist100):
-    from trustvision.training.trainer import adversarially_trained_mnist
+    from trustvision.training import adversarially_trained_mnist
     module = adversarially_trained_mnist()[0]
     robust = Classifier(module, num_classes=10, channels=1, name="pgd-at")
     for spec in ("jpeg:75", "bitdepth:3", "resize-pad:0.8"):
@@ -172,3 +172,14 @@ def test_cli_audit_with_defense(mnist_setup, tmp_path):
     assert "BPDA" in (tmp_path / "a" / "report.html").read_text()
     r = CliRunner().invoke(app, [*common, "--defense", "blur:3", "--out", str(tmp_path / "b")])
     assert r.exit_code == 2 and "blur" in r.output
+
+
+def test_defence_registry():
+    from trustvision.defenses.transforms import DEFENCES
+    assert DEFENCES.names() == ["jpeg", "bitdepth", "median", "resize-pad"]
+    clf = Classifier(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), num_classes=2, channels=1)
+    assert defend(clf, "resize-pad:0.7").transform.min_scale == 0.7 and defend(clf, "median:5").transform.k == 5
+    with pytest.raises(TrustVisionError, match="choose from jpeg, bitdepth, median, resize-pad"):
+        defend(clf, "blur:3")
+    with pytest.raises(TrustVisionError, match="not a number"):
+        defend(clf, "jpeg:high")

@@ -230,7 +230,7 @@ def test_registry_and_bad_arguments():
     pgd = make_attack("pgd", eps=0.3, norm="l2", steps=5)
     assert isinstance(pgd, PGD) and pgd.with_eps(0.5).eps == 0.5 and pgd.step_size == 2.5 * 0.3 / 5
     assert make_attack("fgsm").eps == pytest.approx(8 / 255) and make_attack("fgsm", norm="l2").eps == 0.5
-    assert pgd.config()["attack"] == "pgd"
+    assert pgd.describe()["attack"] == "pgd"
     with pytest.raises(TrustVisionError, match="unknown attack 'nope'"):
         make_attack("nope")
     with pytest.raises(TrustVisionError, match="no argument 'epsilon'"):
@@ -239,3 +239,58 @@ def test_registry_and_bad_arguments():
                          ("cw", {"norm": "linf"}), ("cw", {"lr": 0}), ("deepfool", {"candidates": 1})]:
         with pytest.raises(TrustVisionError, match=name):
             make_attack(name, **kwargs)
+
+
+# (i): capabilities, norm strategies, presets and the runner
+def test_capabilities_are_what_callers_read():
+    from trustvision.attacks import PRESETS
+    fam = {name: (cls.family, cls.uses_gradients, cls.single_step, cls.minimal) for name, cls in ATTACKS.items()}
+    assert fam == {"fgsm": ("gradient", True, True, False), "pgd": ("gradient", True, False, False),
+                   "cw": ("minimal", True, False, True), "deepfool": ("minimal", True, False, True),
+                   "pixel": ("black-box", False, False, False), "threshold": ("black-box", False, False, False)}
+    assert PRESETS.names() == ["fgsm", "pgd", "fgsm-l2", "pgd-l2", "cw", "deepfool", "deepfool-linf", "pixel",
+                               "threshold"]
+    norms = {name: PRESETS.get(name).norm for name in PRESETS}
+    assert norms == {"fgsm": "linf", "pgd": "linf", "fgsm-l2": "l2", "pgd-l2": "l2", "cw": "l2", "deepfool": "l2",
+                     "deepfool-linf": "linf", "pixel": "l0", "threshold": "linf"}
+    assert all(PRESETS.get(n).build().norm == norms[n] for n in PRESETS)
+    with pytest.raises(TrustVisionError, match="unknown attack preset 'nope'"):
+        PRESETS.get("nope")
+
+
+def test_norm_strategies():
+    from trustvision.attacks.norms import BALL_NORMS, NORMS
+    assert NORMS.names() == ["linf", "l2", "l0"] and BALL_NORMS == ("linf", "l2")
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(8, 1, 6, 6, generator=g)
+    for name in BALL_NORMS:
+        n = NORMS.get(name)
+        d = n.random_start(x, 0.3, g)
+        assert float(n.distance(d).max()) <= 0.3 + 1e-6
+        big = torch.randn(8, 1, 6, 6, generator=g)
+        assert float(n.distance(n.project(big, 0.2)).max()) <= 0.2 + 1e-6
+        assert torch.allclose(n.distance(n.normalize(big)), torch.ones(8))      # unit steepest-ascent step
+        assert float(n.distance(n.fit(big, 0.25)).max()) <= 0.25
+    with pytest.raises(NotImplementedError, match="l0"):
+        NORMS.get("l0").project(x, 1.0)
+    with pytest.raises(TrustVisionError, match="unknown norm 'l3'"):
+        perturbation_norms(x, "l3")
+
+
+def test_sweep_budgets_fixed_and_minimal(mnist_clf, batch):
+    from trustvision.attacks import run_batched, sweep_budgets
+    x, y = batch[0][:12].cpu(), batch[1][:12].cpu()
+    attacked = torch.ones(12, dtype=torch.bool)
+    attacked[3] = False                                   # e.g. a misclassified image: never robust
+    sw = sweep_budgets(FGSM(), mnist_clf, x, y, [0.0, 0.05, 0.2], attacked=attacked, batch_size=5, n_examples=4)
+    assert list(sw.robust) == [0.0, 0.05, 0.2] and torch.equal(sw.robust[0.0], attacked)
+    for e in (0.05, 0.2):
+        ref = ~run_batched(FGSM(eps=e), mnist_clf, x[attacked], y[attacked], 5).success
+        assert torch.equal(sw.robust[e][attacked], ref) and not bool(sw.robust[e][3])
+    assert sw.example_eps == 0.2 and torch.equal(sw.example.extras["index"], attacked.nonzero()[:4, 0])
+    assert sw.gradients == 2 * 11                         # one gradient per attacked image per budget
+    dm = sweep_budgets(DeepFool(), mnist_clf, x, y, [0.0, 0.5, 2.0], attacked=attacked, batch_size=5)
+    full = run_batched(DeepFool(), mnist_clf, x[attacked], y[attacked], 5)
+    for e in (0.5, 2.0):
+        assert torch.equal(dm.robust[e][attacked], full.robust_at(e, torch.ones(11, dtype=torch.bool)))
+    assert dm.example_eps is None and dm.norm == "l2"

@@ -19,7 +19,7 @@ from trustvision.evaluation.sections.explain import ExplainConfig, top_region_io
 from trustvision.explain import (CAM, cluster_maps, compute_cams, deletion_insertion, find_layer,
                                  group_test, random_saliency, read_groups)
 from trustvision.models.classifier import Classifier
-from trustvision.training.cache import train_classifier
+from trustvision.training import train_classifier
 
 
 def _corr_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:

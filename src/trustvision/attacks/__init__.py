@@ -4,49 +4,31 @@
 * minimal perturbation: :class:`CW` (Carlini & Wagner 2017, L2), :class:`DeepFool`
   (Moosavi-Dezfooli et al. 2016, L2 and L∞);
 * black-box, by differential evolution: :class:`PixelAttack` (Su et al. 2019, L0) and
-  :class:`ThresholdAttack` (Kotyan & Vargas 2022, L∞); :func:`minimal_budget` per image.
+  :class:`ThresholdAttack` (Kotyan & Vargas 2022, L∞);
+* universal perturbations: :class:`~.universal.UniversalPerturbation` (its own ``generate`` contract).
 
-``make_attack("pgd", eps=0.3, norm="linf")`` builds one by registry name.
+Around them: :mod:`.norms` (one :class:`~.norms.Norm` strategy per threat model), :mod:`.runner`
+(:func:`run_batched` over device batches, :func:`sweep_budgets` over a budget list,
+:func:`minimal_budget` per image) and
+:mod:`.presets` (the named attack configurations of the robustness section).
+
+``make_attack("pgd", eps=0.3, norm="linf")`` builds one by registry name; ``ATTACKS`` lists them, and
+each attack class carries its capabilities (``family``, ``uses_gradients``, ``single_step``, ``norm``).
 """
 from __future__ import annotations
 
-import dataclasses
-
-from ..errors import TrustVisionError
-from .base import (AttackResult, Attack, FixedBudgetAttack, MinimalAttack, fooled, input_gradient, margin_loss,
-                   perturbation_norms)
+from .base import (ATTACKS, AttackResult, Attack, FixedBudgetAttack, MinimalAttack, fooled, input_gradient,
+                   make_attack, margin_loss, perturbation_norms)
+from .gradient import FGSM, PGD     # registration order = listing order: fgsm, pgd, cw, deepfool, pixel, threshold
 from .cw import CW
 from .deepfool import DeepFool
-from .evolutionary import PixelAttack, ThresholdAttack, minimal_budget
-from .gradient import FGSM, PGD
-
-ATTACKS: dict[str, type[Attack]] = {"fgsm": FGSM, "pgd": PGD, "cw": CW, "deepfool": DeepFool,
-                                    "pixel": PixelAttack, "threshold": ThresholdAttack}
-
-
-def make_attack(name: str, **kwargs) -> Attack:
-    """The registered attack ``name`` built with constructor arguments ``kwargs``.
-
-    Raises :class:`TrustVisionError` (one line) for an unknown attack, an argument the attack
-    does not take, or an invalid value.
-
-    Example::
-
-        pgd = make_attack("pgd", eps=8 / 255, steps=20, restarts=2)
-    """
-    cls = ATTACKS.get(str(name).lower())
-    if cls is None:
-        raise TrustVisionError(f"unknown attack {name!r}; choose from {', '.join(ATTACKS)}")
-    accepted = [f.name for f in dataclasses.fields(cls)]
-    unknown = [k for k in kwargs if k not in accepted]
-    if unknown:
-        raise TrustVisionError(f"attack {name!r} has no argument {unknown[0]!r}; it takes {', '.join(accepted)}")
-    try:
-        return cls(**kwargs)
-    except TypeError as e:      # e.g. a value of a type the constructor cannot use
-        raise TrustVisionError(f"attack {name!r}: {e}") from None
+from .evolutionary import PixelAttack, ThresholdAttack
+from .norms import NORMS, Norm
+from .presets import PRESETS, Preset
+from .runner import BudgetSweep, minimal_budget, run_batched, sweep_budgets
 
 
-__all__ = ["ATTACKS", "Attack", "AttackResult", "CW", "DeepFool", "FGSM", "FixedBudgetAttack", "MinimalAttack", "PGD",
-           "PixelAttack", "ThresholdAttack", "fooled", "input_gradient", "make_attack", "margin_loss",
-           "minimal_budget", "perturbation_norms"]
+__all__ = ["ATTACKS", "Attack", "AttackResult", "BudgetSweep", "CW", "DeepFool", "FGSM", "FixedBudgetAttack",
+           "MinimalAttack", "NORMS", "Norm", "PGD", "PRESETS", "PixelAttack", "Preset", "ThresholdAttack", "fooled",
+           "input_gradient", "make_attack", "margin_loss", "minimal_budget", "perturbation_norms", "run_batched",
+           "sweep_budgets"]

@@ -9,12 +9,18 @@
   defaults.  Attacks are batched: the whole batch stays on the device, with no
   per-image Python loops and no host round-trips inside iteration loops.
 
-Two families (after Foolbox 3):
+Two kinds (after Foolbox 3):
 
-* :class:`FixedBudgetAttack` (FGSM, PGD): finds an adversarial inside a given
-  budget ``eps``; :meth:`with_eps` gives the same attack at another budget.
+* :class:`FixedBudgetAttack` (FGSM, PGD, the evolutionary attacks): finds an
+  adversarial inside a given budget ``eps``; :meth:`with_eps` gives the same
+  attack at another budget.
 * :class:`MinimalAttack` (CW, DeepFool): searches for the *smallest*
   perturbation; robust accuracy at any budget is read off the norms.
+
+Callers never recognise an attack by its name: they read its capability class
+attributes ``family`` (``"gradient"``, ``"minimal"``, ``"black-box"``),
+``uses_gradients``, ``single_step`` and ``norm`` (a name in :data:`~.norms.NORMS`).
+Every attack class registers itself in :data:`ATTACKS` with ``@ATTACKS.register(name)``.
 """
 from __future__ import annotations
 
@@ -28,8 +34,8 @@ from torch import Tensor
 
 from ..errors import TrustVisionError
 from ..models.classifier import Classifier
-
-NORMS = ("linf", "l2")
+from ..registry import Registry
+from .norms import NORMS, Norm
 
 
 @dataclass
@@ -59,16 +65,12 @@ class AttackResult:
         return correct & ~(self.success & (self.norms <= eps * (1 + 1e-5)))
 
 
-def perturbation_norms(delta: Tensor, norm: str) -> Tensor:
-    """(N,) norms of a (N, ...) perturbation: ``linf`` = max |d|, ``l2`` = Euclidean, ``l0`` = #changed pixels."""
-    flat = delta.flatten(1)
-    if norm == "linf":
-        return flat.abs().amax(1)
-    if norm == "l2":
-        return flat.norm(p=2, dim=1)
-    if norm == "l0":   # pixels (all channels of a location) that changed
-        return (delta.abs().amax(1) > 0).flatten(1).sum(1).float()
-    raise ValueError(f"unknown norm {norm!r}")
+def perturbation_norms(delta: Tensor, norm: str | Norm) -> Tensor:
+    """(N,) norms of a (N, ...) perturbation: ``linf`` = max |d|, ``l2`` = Euclidean, ``l0`` = #changed pixels.
+
+    An unknown norm name is a one-line :class:`TrustVisionError` (a ``ValueError``).
+    """
+    return (norm if isinstance(norm, Norm) else NORMS.get(norm)).distance(delta)
 
 
 def fooled(logits: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
@@ -98,22 +100,40 @@ def log_mean_softmax(logits: Tensor, k: int) -> Tensor:
 
 
 class Attack:
-    """Base class: validates inputs, owns the common bookkeeping."""
+    """Base class: validates inputs, owns the common bookkeeping.
+
+    Capabilities (class attributes that callers read instead of names):
+        family: ``"gradient"`` (fixed-budget, white-box), ``"minimal"`` (minimal perturbation) or
+            ``"black-box"`` (never sees gradients).  The defaults (a gradient attack) are the
+            conservative choice for a subclass that does not say: adaptive evaluation re-runs it.
+        uses_gradients: the attack follows input gradients (adaptive evaluation re-runs it on a
+            BPDA/EOT view of a defended model; soundness checks compare it with black-box attacks).
+        single_step: one gradient step (FGSM) rather than an iterative search.
+        minimal: searches the smallest perturbation; robust accuracy at eps is read off ``norms``.
+        norm: the threat model, a name in :data:`~.norms.NORMS` (a constructor argument where the
+            attack supports several).
+    """
 
     name: ClassVar[str] = "attack"
-    norm: str = "linf"
+    family: ClassVar[str] = "gradient"
+    uses_gradients: ClassVar[bool] = True
+    single_step: ClassVar[bool] = False
     minimal: ClassVar[bool] = False
+    norm: str = "linf"
 
     def __call__(self, classifier: Classifier, x: Tensor, y: Tensor, *, target: Tensor | None = None) -> AttackResult:
         x, y, target = self._check(classifier, x, y, target)
         return self.run(classifier, x, y, target)
 
-    attack = __call__
-
     def run(self, classifier: Classifier, x: Tensor, y: Tensor, target: Tensor | None) -> AttackResult:
         raise NotImplementedError
 
-    def config(self) -> dict[str, Any]:
+    @property
+    def metric(self) -> Norm:
+        """The :class:`~.norms.Norm` strategy of :attr:`norm`."""
+        return NORMS.get(self.norm)
+
+    def describe(self) -> dict[str, Any]:
         """Constructor arguments, for results.json."""
         if dataclasses.is_dataclass(self):
             return {"attack": self.name, **dataclasses.asdict(self)}
@@ -156,7 +176,12 @@ class FixedBudgetAttack(Attack):
 class MinimalAttack(Attack):
     """An attack that minimises the perturbation size; robust accuracy at eps via ``norms``."""
 
+    family: ClassVar[str] = "minimal"
     minimal: ClassVar[bool] = True
+
+
+ATTACKS: Registry[type[Attack]] = Registry("attack")
+"""Every attack class by name; each registers itself with ``@ATTACKS.register("name")``."""
 
 
 def input_gradient(classifier: Classifier, x: Tensor, loss_fn) -> tuple[Tensor, Tensor]:
@@ -173,3 +198,24 @@ def input_gradient(classifier: Classifier, x: Tensor, loss_fn) -> tuple[Tensor, 
             return torch.zeros_like(x), logits.detach()
         (grad,) = torch.autograd.grad(loss.sum(), x, allow_unused=True, materialize_grads=True)
     return grad, logits.detach()
+
+
+def make_attack(name: str, **kwargs) -> Attack:
+    """The registered attack ``name`` built with constructor arguments ``kwargs``.
+
+    Raises :class:`TrustVisionError` (one line) for an unknown attack, an argument the attack
+    does not take, or an invalid value.
+
+    Example::
+
+        pgd = make_attack("pgd", eps=8 / 255, steps=20, restarts=2)
+    """
+    cls = ATTACKS.get(name)           # unknown name: "unknown attack 'x'; choose from fgsm, pgd, ..."
+    accepted = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in kwargs if k not in accepted]
+    if unknown:
+        raise TrustVisionError(f"attack {name!r} has no argument {unknown[0]!r}; it takes {', '.join(accepted)}")
+    try:
+        return cls(**kwargs)
+    except TypeError as e:      # e.g. a value of a type the constructor cannot use
+        raise TrustVisionError(f"attack {name!r}: {e}") from None

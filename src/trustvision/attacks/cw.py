@@ -27,10 +27,11 @@ from torch import Tensor
 
 from ..errors import TrustVisionError
 from ..models.classifier import Classifier
-from .base import AttackResult, MinimalAttack, fooled, margin_loss, perturbation_norms
+from .base import ATTACKS, AttackResult, MinimalAttack, fooled, margin_loss, perturbation_norms
 from .gradient import check_number
 
 
+@ATTACKS.register("cw")
 @dataclass
 class CW(MinimalAttack):
     """Carlini-Wagner L2 attack (Carlini & Wagner 2017) with a per-example binary search over ``c``.
@@ -58,6 +59,8 @@ class CW(MinimalAttack):
     """
 
     name: ClassVar[str] = "cw"
+    family: ClassVar[str] = "minimal"
+    uses_gradients: ClassVar[bool] = True
     norm: str = "l2"
     steps: int = 100
     binary_search_steps: int = 9

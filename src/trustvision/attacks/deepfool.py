@@ -29,10 +29,12 @@ from torch import Tensor
 
 from ..errors import TrustVisionError
 from ..models.classifier import Classifier
-from .base import NORMS, AttackResult, MinimalAttack, fooled, perturbation_norms
+from .base import ATTACKS, AttackResult, MinimalAttack, fooled
+from .norms import BALL_NORMS
 from .gradient import check_number
 
 
+@ATTACKS.register("deepfool")
 @dataclass
 class DeepFool(MinimalAttack):
     """DeepFool (Moosavi-Dezfooli et al. 2016), untargeted, L2 or L∞, batched.
@@ -56,6 +58,8 @@ class DeepFool(MinimalAttack):
     """
 
     name: ClassVar[str] = "deepfool"
+    family: ClassVar[str] = "minimal"
+    uses_gradients: ClassVar[bool] = True
     norm: str = "l2"
     max_iter: int = 50
     overshoot: float = 0.02
@@ -63,8 +67,8 @@ class DeepFool(MinimalAttack):
     check_every: int = 2
 
     def __post_init__(self) -> None:
-        if self.norm not in NORMS:
-            raise TrustVisionError(f"deepfool: norm must be one of {NORMS}, got {self.norm!r}")
+        if self.norm not in BALL_NORMS:
+            raise TrustVisionError(f"deepfool: norm must be one of {BALL_NORMS}, got {self.norm!r}")
         check_number(self, "max_iter", low=1, integer=True)
         check_number(self, "overshoot")
         check_number(self, "candidates", low=2, integer=True)
@@ -77,6 +81,7 @@ class DeepFool(MinimalAttack):
         n, dev, k = len(x), x.device, min(self.candidates, classifier.num_classes)
         view = (-1,) + (1,) * (x.ndim - 1)
         scale = 1 + self.overshoot
+        ball = self.metric
         with torch.no_grad():
             logits0 = classifier(x)
         others = logits0.scatter(1, y[:, None], float("-inf")).topk(k - 1, dim=1).indices
@@ -101,16 +106,11 @@ class DeepFool(MinimalAttack):
                 g = torch.stack(grads, 1).flatten(2)                   # (n, k, D)
                 f = (z[:, 1:] - z[:, :1]).abs()                        # (n, k-1)
                 w = g[:, 1:] - g[:, :1]                                # (n, k-1, D)
-                dual = w.norm(dim=2) if self.norm == "l2" else w.abs().sum(2)
-                pert = f / dual.clamp_min(1e-12)
+                pert = f / ball.dual(w).clamp_min(1e-12)
                 best = pert.argmin(1)
                 p = pert.gather(1, best[:, None])                      # (n, 1)
                 wl = w.gather(1, best[:, None, None].expand(-1, 1, w.shape[2]))[:, 0]
-                if self.norm == "l2":
-                    step = (p + 1e-4) * wl / wl.norm(dim=1, keepdim=True).clamp_min(1e-12)
-                else:
-                    step = (p + 1e-4) * wl.sign()
-                r += step.view_as(r) * act.view(view)
+                r += ball.dual_step(wl, p + 1e-4).view_as(r) * act.view(view)
                 queries[wi] += 1
                 iterations[wi] += act.long()
             if (it + 1) % self.check_every == 0:                       # host sync every check_every iterations
@@ -126,5 +126,5 @@ class DeepFool(MinimalAttack):
             logits = torch.where(success[:, None], logits, logits0)
         gradients = (queries - 1) * k                                  # k class gradients per iteration forward
         queries += 1
-        return AttackResult(x_adv, success, perturbation_norms(x_adv - x, self.norm), queries, gradients,
+        return AttackResult(x_adv, success, ball.distance(x_adv - x), queries, gradients,
                             {"logits": logits, "iterations": iterations})

@@ -24,7 +24,8 @@ only host synchronisation per generation is the count of active images (boolean 
 Queries per image = P at initialisation + P per generation while active + 1 final verification of
 ``x_adv``; gradients are never used.
 
-:func:`minimal_budget` finds, per image, the smallest budget of a list at which an attack fools it.
+:func:`~.runner.minimal_budget` finds, per image, the smallest budget of a list at which an attack (for
+example :class:`PixelAttack`) fools it.
 """
 from __future__ import annotations
 
@@ -37,10 +38,10 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from ..errors import TrustVisionError
 from ..models.classifier import Classifier
-from .base import Attack, AttackResult, FixedBudgetAttack, fooled, perturbation_norms
+from .base import ATTACKS, AttackResult, FixedBudgetAttack, fooled
 from .gradient import _require, check_number, enforce_budget
+from .norms import LINF
 
 STRATEGIES = ("rand1", "best1")
 
@@ -164,6 +165,9 @@ def differential_evolution(clf: Classifier, x: Tensor, y: Tensor, target: Tensor
 class _Evolutionary(FixedBudgetAttack):
     """Shared DE settings and the run: subclasses give :meth:`problem` and :attr:`budget`."""
 
+    family: ClassVar[str] = "black-box"
+    uses_gradients: ClassVar[bool] = False
+
     pop_size: int
     generations: int
     F: float
@@ -204,10 +208,11 @@ class _Evolutionary(FixedBudgetAttack):
         with torch.inference_mode():                 # verdicts from the returned images themselves
             parts = [classifier(x_adv[i:i + fb]) for i in range(0, len(x), fb)]
         logits = torch.cat(parts) if parts else torch.empty(0, classifier.num_classes, device=x.device)
-        return AttackResult(x_adv, fooled(logits, y, target), perturbation_norms(x_adv - x, self.norm),
+        return AttackResult(x_adv, fooled(logits, y, target), self.metric.distance(x_adv - x),
                             queries + 1, zeros, {"logits": logits})
 
 
+@ATTACKS.register("pixel")
 @dataclass
 class PixelAttack(_Evolutionary):
     """Few-pixel L0 attack (Su, Vargas & Sakurai, IEEE TEVC 2019) by batched differential evolution.
@@ -291,6 +296,7 @@ class PixelAttack(_Evolutionary):
         return Problem(torch.zeros_like(hi), hi, redraw, init, decode)
 
 
+@ATTACKS.register("threshold")
 @dataclass
 class ThresholdAttack(_Evolutionary):
     """Threshold L∞ attack (Kotyan & Vargas, PLOS ONE 2022, e0265723) by batched differential evolution.
@@ -343,45 +349,6 @@ class ThresholdAttack(_Evolutionary):
             return lo[:, None] + torch.rand(n, p, flat.shape[1], generator=g, device=dev) * (hi - lo)[:, None]
 
         def decode(xr: Tensor, genes: Tensor) -> Tensor:
-            return enforce_budget(xr, (xr + genes.view_as(xr)).clamp(0, 1), e, "linf")
+            return enforce_budget(xr, (xr + genes.view_as(xr)).clamp(0, 1), e, LINF)
 
         return Problem(lo, hi, redraw, init, decode)
-
-
-def minimal_budget(attack: FixedBudgetAttack, classifier: Classifier, x: Tensor, y: Tensor, budgets: list[float],
-                   target: Tensor | None = None) -> Tensor:
-    """(N,) smallest budget of ``budgets`` at which ``attack`` fools each image (``inf`` where none does).
-
-    Binary search over the sorted budget list, batched across images: each round runs
-    ``attack.with_eps(b)`` once per distinct mid budget ``b`` on all unresolved images whose current
-    mid is ``b`` (at most ``len(budgets)`` runs per round, ``ceil(log2(len(budgets) + 1))`` rounds).
-    Like every binary search it assumes success is monotone in the budget; a stochastic attack
-    can miss at a budget it would win at, so the result is the smallest fooling budget *found*.
-
-    Args:
-        attack: any :class:`FixedBudgetAttack` (e.g. :class:`PixelAttack`: budgets are pixel counts).
-        x: (N, C, H, W) in [0, 1]; y, target: (N,).
-    """
-    if not isinstance(attack, FixedBudgetAttack):
-        raise TrustVisionError("minimal_budget needs a fixed-budget attack (with_eps)")
-    b = sorted({float(v) for v in budgets})
-    if not b:
-        raise TrustVisionError("minimal_budget: budgets must not be empty")
-    x, y, target = Attack._check(classifier, x, y, target)
-    n = len(x)
-    lo = torch.zeros(n, dtype=torch.long, device=x.device)
-    hi = torch.full_like(lo, len(b) - 1)
-    found = torch.full((n,), math.inf, device=x.device)
-    while True:
-        open_ = lo <= hi
-        if not bool(open_.any()):                    # one host sync per round, outside any attack loop
-            return found
-        mid = (lo + hi) // 2
-        for m in mid[open_].unique().tolist():
-            sel = (open_ & (mid == m)).nonzero()[:, 0]
-            res = attack.with_eps(b[m])(classifier, x[sel], y[sel],
-                                        target=target[sel] if target is not None else None)
-            ok = res.success
-            found[sel[ok]] = b[m]
-            hi[sel[ok]] = m - 1
-            lo[sel[~ok]] = m + 1

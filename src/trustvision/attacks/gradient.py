@@ -29,7 +29,8 @@ from torch import Tensor
 
 from ..errors import TrustVisionError
 from ..models.classifier import Classifier
-from .base import NORMS, AttackResult, FixedBudgetAttack, fooled, input_gradient, margin_loss, perturbation_norms
+from .base import ATTACKS, AttackResult, FixedBudgetAttack, fooled, input_gradient, margin_loss
+from .norms import BALL_NORMS, Norm, as_norm, fp32_floor
 
 LOSSES = ("ce", "margin")
 DEFAULT_EPS = {"linf": 8 / 255, "l2": 0.5}
@@ -55,7 +56,7 @@ def check_number(attack, field: str, *, low: float = 0.0, integer: bool = False,
 
 def check_common(attack, *, eps: bool = True) -> None:
     """Validate the shared constructor arguments of a gradient attack (norm, eps, loss)."""
-    _require(attack.norm in NORMS, f"{attack.name}: norm must be one of {NORMS}, got {attack.norm!r}")
+    _require(attack.norm in BALL_NORMS, f"{attack.name}: norm must be one of {BALL_NORMS}, got {attack.norm!r}")
     if eps:
         if attack.eps is None:
             attack.eps = DEFAULT_EPS[attack.norm]
@@ -73,82 +74,50 @@ def attack_loss(kind: str, logits: Tensor, y: Tensor, target: Tensor | None) -> 
     return -F.cross_entropy(logits, target, reduction="none")
 
 
-def _bcast(v: Tensor, like: Tensor) -> Tensor:
-    return v.view(-1, *([1] * (like.ndim - 1)))
-
-
-def steepest(grad: Tensor, norm: str) -> Tensor:
+def steepest(grad: Tensor, norm: str | Norm) -> Tensor:
     """Unit-norm steepest-ascent direction (N, ...) for ``grad`` (N, ...): sign (L∞) or grad / ||grad||_2 (L2)."""
-    if norm == "linf":
-        return grad.sign()
-    return grad / _bcast(grad.flatten(1).norm(dim=1) + 1e-10, grad)
+    return as_norm(norm).normalize(grad)
 
 
-def project(x: Tensor, x_adv: Tensor, eps: float, norm: str) -> Tensor:
+def project(x: Tensor, x_adv: Tensor, eps: float, norm: str | Norm) -> Tensor:
     """Project ``x_adv`` (N, C, H, W) onto ``{||x_adv - x|| <= eps} ∩ [0, 1]``."""
-    delta = x_adv - x
-    if norm == "linf":
-        delta = delta.clamp(-eps, eps)
-    else:
-        n = delta.flatten(1).norm(dim=1)
-        delta = delta * _bcast(torch.where(n > eps, eps / n, torch.ones_like(n)), delta)
-    return (x + delta).clamp(0, 1)
+    return (x + as_norm(norm).project(x_adv - x, eps)).clamp(0, 1)
 
 
-def enforce_budget(x: Tensor, x_adv: Tensor, eps: float, norm: str) -> Tensor:
+def enforce_budget(x: Tensor, x_adv: Tensor, eps: float, norm: str | Norm) -> Tensor:
     """Correct fp32 rounding so that ``perturbation_norms(x_adv - x) <= eps`` holds exactly (moves a few ulps).
 
     ``eps`` is first rounded *down* to fp32, so the bound also holds against the Python float.
+    Shapes: ``x``, ``x_adv`` (N, C, H, W) -> (N, C, H, W) in [0, 1].
     """
-    e32 = torch.tensor(eps, dtype=torch.float32)          # on the host: no device sync
-    if float(e32) > eps:
-        e32 = torch.nextafter(e32, torch.zeros_like(e32))
-    e = float(e32)                                        # exactly representable in fp32
-    if norm == "linf":
-        d = x_adv - x
-        x_adv = torch.where(d.abs() > e, (x + d.sign() * e).clamp(0, 1), x_adv)
-        for _ in range(3):     # each pass moves still-offending pixels one ulp towards x
-            x_adv = torch.where((x_adv - x).abs() > e, torch.nextafter(x_adv, x), x_adv)
-        return x_adv
-    for _ in range(2):
-        n = perturbation_norms(x_adv - x, "l2")
-        scale = torch.where(n > e, e / n.clamp_min(1e-30) * (1 - 1e-6), torch.ones_like(n))
-        x_adv = (x + (x_adv - x) * _bcast(scale, x)).clamp(0, 1)
-    return x_adv
+    return as_norm(norm).enforce(x, x_adv, fp32_floor(eps))
 
 
-def random_start(x: Tensor, eps: float, norm: str, gen: torch.Generator | None) -> Tensor:
-    """(N, ...) noise uniform in the L∞ ball, or uniform in the L2 ball (direction Gaussian, radius eps·u^(1/d))."""
-    if norm == "linf":
-        return (torch.rand(x.shape, generator=gen, device=x.device) * 2 - 1) * eps
-    d = torch.randn(x.shape, generator=gen, device=x.device)
-    u = torch.rand(len(x), generator=gen, device=x.device) ** (1.0 / x[0].numel())
-    return d * _bcast(eps * u / d.flatten(1).norm(dim=1).clamp_min(1e-12), d)
-
-
-def pgd_steps(clf: Classifier, x: Tensor, x_adv: Tensor, loss_fn, *, eps: float, norm: str, steps: int,
+def pgd_steps(clf: Classifier, x: Tensor, x_adv: Tensor, loss_fn, *, eps: float, norm: str | Norm, steps: int,
               alpha: float) -> Tensor:
     """``steps`` steepest-ascent steps of size ``alpha`` on ``loss_fn(logits)`` (N,) from ``x_adv`` (N, C, H, W),
     each projected onto the ``eps``-ball around ``x`` and [0, 1]; no budget correction (see :func:`enforce_budget`)."""
+    ball = as_norm(norm)
     for _ in range(steps):
         grad, _ = input_gradient(clf, x_adv, loss_fn)
-        x_adv = project(x, x_adv.detach() + alpha * steepest(grad, norm), eps, norm)
+        x_adv = project(x, x_adv.detach() + alpha * ball.normalize(grad), eps, ball)
     return x_adv
 
 
-def pgd_run(clf: Classifier, x: Tensor, y: Tensor, target: Tensor | None, *, eps: float, norm: str, steps: int,
+def pgd_run(clf: Classifier, x: Tensor, y: Tensor, target: Tensor | None, *, eps: float, norm: str | Norm, steps: int,
             alpha: float, restarts: int, rand: bool, loss: str, gen: torch.Generator | None) -> AttackResult:
     """The PGD loop shared by FGSM and PGD; see :class:`PGD`.  Only the restart loop syncs with the host."""
     x = x.clone() if x.is_inference() else x      # tensors made under inference_mode cannot enter autograd
+    ball = as_norm(norm)
     idx = None                                    # images still attacked: all in the first run
     for r in range(restarts):
-        noise = random_start(x, eps, norm, gen) if rand else None   # drawn for the whole batch, so an image's
+        noise = ball.random_start(x, eps, gen) if rand else None    # drawn for the whole batch, so an image's
         xs, ys, ts = (x, y, target) if idx is None else (           # noise does not depend on who is left
             x[idx], y[idx], target[idx] if target is not None else None)
         x_adv = xs if noise is None else (xs + (noise if idx is None else noise[idx])).clamp(0, 1)
-        x_adv = pgd_steps(clf, xs, x_adv, lambda z: attack_loss(loss, z, ys, ts), eps=eps, norm=norm, steps=steps,
+        x_adv = pgd_steps(clf, xs, x_adv, lambda z: attack_loss(loss, z, ys, ts), eps=eps, norm=ball, steps=steps,
                           alpha=alpha)
-        x_adv = enforce_budget(xs, x_adv, eps, norm)
+        x_adv = enforce_budget(xs, x_adv, eps, ball)
         with torch.no_grad():
             logits = clf(x_adv)
             value, ok = attack_loss(loss, logits, ys, ts), fooled(logits, ys, ts)
@@ -168,10 +137,11 @@ def pgd_run(clf: Classifier, x: Tensor, y: Tensor, target: Tensor | None, *, eps
             idx = (~best_ok).nonzero()[:, 0]
             if len(idx) == 0:
                 break
-    return AttackResult(best_x, best_ok, perturbation_norms(best_x - x, norm), queries, gradients,
+    return AttackResult(best_x, best_ok, ball.distance(best_x - x), queries, gradients,
                         {"logits": best_logits, "loss": best_loss})
 
 
+@ATTACKS.register("fgsm")
 @dataclass
 class FGSM(FixedBudgetAttack):
     """Fast Gradient Sign Method (Goodfellow et al. 2015), one step of size ``eps``.
@@ -193,6 +163,9 @@ class FGSM(FixedBudgetAttack):
     """
 
     name: ClassVar[str] = "fgsm"
+    family: ClassVar[str] = "gradient"
+    uses_gradients: ClassVar[bool] = True
+    single_step: ClassVar[bool] = True
     eps: float | None = None
     norm: str = "linf"
     loss: str = "ce"
@@ -205,6 +178,7 @@ class FGSM(FixedBudgetAttack):
                        restarts=1, rand=False, loss=self.loss, gen=None)
 
 
+@ATTACKS.register("pgd")
 @dataclass
 class PGD(FixedBudgetAttack):
     """Projected Gradient Descent (Madry et al. 2018), L∞ or L2, with random start and restarts.
@@ -233,6 +207,8 @@ class PGD(FixedBudgetAttack):
     """
 
     name: ClassVar[str] = "pgd"
+    family: ClassVar[str] = "gradient"
+    uses_gradients: ClassVar[bool] = True
     eps: float | None = None
     norm: str = "linf"
     steps: int = 10

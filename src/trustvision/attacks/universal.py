@@ -4,38 +4,23 @@ Three generators, untargeted and targeted, L∞ and L2, all mini-batched on the 
 
 * ``method="fgsm"`` — the simple iterative method of Hirano & Takemoto, "Simple iterative method for
   generating targeted universal adversarial perturbations", Algorithms 13(11) 268, 2020 (also used by
-  Minagi, Hirano & Takemoto, J. Imaging 2022, with non-domain natural images).  The paper (like ART)
-  walks the images one at a time: if ``x_i + v`` is not yet fooled (targeted: not at the target), take
-  an FGSM step from it, and *if that step fools the image* set ``v <- p(clip(x_i + v + step) - x_i)``.
-  Batched here, per mini-batch of B images, with **one** forward/backward (the B FGSM steps, all from
-  the mini-batch's starting ``v``) and one forward for the B "does the step fool this image" checks,
-  two candidates are formed and the best is kept:
-
-  1. *sequential replay*: the paper's update applied in order for every image whose step fooled it —
-     B masked vector operations on the device (add, clip to the image, project), no forward pass — so the
-     accumulate/clip/project order of the per-image walk is kept exactly, only the gradients and checks
-     are those of the starting ``v`` (with B = 1, candidate (1) alone is exactly ART's walk, except that
-     the model always sees ``clip(x + v, 0, 1)`` as at evaluation — checked on MNIST);
-  2. *sum*: ``p(v + Σ steps of the unfooled images)`` — what B unconditional sequential steps do to
-     first order; it still moves when single steps rarely fool an image on their own (L∞, non-domain
-     sources), where the per-image rule stalls.
-
-  Of ``v`` (unchanged), (1) and (2), the one with the highest success on the mini-batch is kept (ties:
-  mean cross-entropy; one forward of 2B images) — the paper's "update only if it helps", per mini-batch.
-  Why not the plain average of the B steps (the previous rule): disagreeing directions cancel, so a pass
-  made a fraction of a sequential pass's progress (MNIST, one pass over 100 images, L2 ζ = 0.3, eval
-  fooling rate, mean of 3 image sets × 6 shuffles: average + acceptance 0.43, ART 0.58, this rule 0.55;
-  replay alone is weak in L∞ (0.23 vs 0.69 targeted), sum alone on small sets; docs/universal.md).
-  Default step ``0.25 * eps`` per image.
+  Minagi, Hirano & Takemoto, J. Imaging 2022, with non-domain natural images): for each image not yet
+  fooled, an FGSM step from ``x_i + v``; if the step fools the image, ``v <- p(clip(x_i + v + step) - x_i)``.
+  Per mini-batch of B images, one forward/backward gives the B steps (all from the mini-batch's starting
+  ``v``) and one forward tells which of them fool their image; two candidates are formed — (1) the
+  paper's update *replayed in order* for those images (B masked vector operations, no forward pass) and
+  (2) ``p(v + Σ steps of the unfooled images)`` — and the best of ``v``, (1) and (2) on the mini-batch is
+  kept (success, ties: mean cross-entropy; one forward of 2B images).  Default step ``0.25 * eps``.
 * ``method="deepfool"`` — Moosavi-Dezfooli, Fawzi, Fawzi & Frossard, "Universal adversarial
   perturbations", CVPR 2017, Algorithm 1 (``v <- P(v + Δv_i)`` for each unfooled image, ``Δv_i`` the
-  DeepFool perturbation of ``x_i + v``), untargeted only: per mini-batch the batched
-  :class:`~.deepfool.DeepFool` gives all ``Δv_i`` at the starting ``v``, then the same two candidates
-  (sequential replay over the images DeepFool fooled; sum) and the same choice as for ``fgsm``.
-  (Averaging the minimal perturbations, the previous rule, fooled no more than the random controls.)
+  DeepFool perturbation of ``x_i + v``), untargeted only: the batched :class:`~.deepfool.DeepFool`
+  gives all ``Δv_i`` of a mini-batch, then the same two candidates and the same choice as ``fgsm``.
 * ``method="sgd"`` — Shafahi, Najibi, Xu, Dickerson, Davis & Goldstein, "Universal adversarial
   training", AAAI 2020: sign-gradient (L∞) / normalised-gradient (L2) ascent on the mini-batch sum of
   a clamped cross-entropy ``min(CE(x + v, ŷ), β)`` (targeted: ``-max(CE(x + v, t), β_t)``).
+
+Why the batched rule is "best of replay and sum", with the measurements against ART that chose it,
+is in docs/universal.md.
 
 Budget: absolute ``eps`` or ``zeta`` (ζ), the ratio ``||v|| / mean_i ||x_i||`` over *reference*
 images — the evaluation images by convention (Hirano & Takemoto) — in the same norm.  ``v`` always
@@ -43,13 +28,13 @@ satisfies ``||v|| <= eps`` exactly in fp32; images are perturbed as ``clip(x + v
 
 Untargeted labels are the model's clean predictions ``ŷ`` (source images may be unlabelled).
 Shapes: build images ``x`` (N, C, H, W) in [0, 1]; ``v`` (1, C, H, W).  The fooling rate (or targeted
-success) on the build images is measured after every pass (one host sync per pass), the loop stops at
+success) on the build images is measured after every pass (one host sync per pass); the loop stops at
 ``max_passes`` or once it reaches ``stop_rate``.  With ``out_dir`` the state (``v`` + pass index) is
-checkpointed after every pass to ``uap_checkpoint.npy``/``.json`` and a later call resumes from it.
+checkpointed after every pass to ``uap_checkpoint.npy``/``.json`` (atomic writes, keyed by a
+:func:`~trustvision.persist.digest` of the settings, images and weights) and a later call resumes from it.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -63,17 +48,19 @@ from torch import Tensor
 
 from ..errors import TrustVisionError
 from ..models.classifier import Classifier
-from .base import NORMS, perturbation_norms
+from ..persist import atomic_write, digest, write_json_atomic
+from .base import perturbation_norms
 from .deepfool import DeepFool
-from .gradient import check_number, steepest
+from .gradient import check_number
+from .norms import BALL_NORMS, as_norm, fp32_floor
 
 METHODS = ("fgsm", "deepfool", "sgd")
 
 
 def mean_norm(x: Tensor, norm: str) -> float:
     """Mean over images of ``||x_i||`` (``x`` (N, C, H, W)) in ``norm`` — the denominator of ζ."""
-    if norm not in NORMS:
-        raise TrustVisionError(f"norm must be one of {NORMS}, got {norm!r}")
+    if norm not in BALL_NORMS:
+        raise TrustVisionError(f"norm must be one of {BALL_NORMS}, got {norm!r}")
     if len(x) == 0:
         raise TrustVisionError("zeta needs reference images, got none")
     return float(perturbation_norms(x.float(), norm).mean())
@@ -81,16 +68,7 @@ def mean_norm(x: Tensor, norm: str) -> float:
 
 def project_v(v: Tensor, eps: float, norm: str) -> Tensor:
     """Project ``v`` (1, C, H, W) onto the ``eps`` ball so that ``||v|| <= eps`` holds exactly in fp32."""
-    e32 = torch.tensor(eps, dtype=torch.float32)
-    if float(e32) > eps:
-        e32 = torch.nextafter(e32, torch.zeros_like(e32))
-    e = float(e32)
-    if norm == "linf":
-        return v.clamp(-e, e)
-    for _ in range(2):                       # second pass fixes the rare fp32 rounding overshoot
-        n = v.flatten(1).norm(dim=1).view(-1, *([1] * (v.ndim - 1)))
-        v = v * torch.where(n > e, e / n.clamp_min(1e-30) * (1 - 1e-6), torch.ones_like(n))
-    return v
+    return as_norm(norm).fit(v, fp32_floor(eps))
 
 
 @dataclass
@@ -154,6 +132,8 @@ class UniversalPerturbation:
     """
 
     name: ClassVar[str] = "uap"
+    family: ClassVar[str] = "universal"          # capabilities, as on :class:`~.base.Attack`
+    uses_gradients: ClassVar[bool] = True
     method: str = "fgsm"
     norm: str = "l2"
     eps: float | None = None
@@ -171,8 +151,8 @@ class UniversalPerturbation:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise TrustVisionError(f"uap: method must be one of {METHODS}, got {self.method!r}")
-        if self.norm not in NORMS:
-            raise TrustVisionError(f"uap: norm must be one of {NORMS}, got {self.norm!r}")
+        if self.norm not in BALL_NORMS:
+            raise TrustVisionError(f"uap: norm must be one of {BALL_NORMS}, got {self.norm!r}")
         if (self.eps is None) == (self.zeta is None):
             raise TrustVisionError("uap: give exactly one budget, eps (absolute) or zeta (relative)")
         check_number(self, "eps", strict=True, none_ok=True)
@@ -201,13 +181,10 @@ class UniversalPerturbation:
         order for every image ``j`` of the mini-batch with ``ok[j]`` (B vector operations, no forward pass;
         the steps ``r`` (B, C, H, W) were computed at the mini-batch's starting ``v``)."""
         e = float(torch.tensor(eps, dtype=torch.float32))
-        for j in range(len(xb)):
+        ball = as_norm(self.norm)
+        for j in range(len(xb)):      # sequential by definition (each update starts from the last): B vector ops
             x_j = xb[j:j + 1]
-            u = (x_j + v + r[j:j + 1]).clamp(0, 1) - x_j
-            if self.norm == "linf":
-                u = u.clamp(-e, e)
-            else:
-                u = u * (e / u.norm().clamp_min(1e-30)).clamp(max=1)
+            u = ball.project((x_j + v + r[j:j + 1]).clamp(0, 1) - x_j, e)
             v = torch.where(ok[j], u, v)                         # device-side mask: no host sync
         return project_v(v, eps, self.norm)                      # exact budget (fp32 rounding) once at the end
 
@@ -237,7 +214,7 @@ class UniversalPerturbation:
             logits = logits.detach()
             pred = logits.argmax(1)
             todo = (pred != t) if t is not None else (pred == lab)
-            r = step * steepest(g, self.norm)                    # per-image FGSM steps from x + v
+            r = step * as_norm(self.norm).normalize(g)           # per-image FGSM steps from x + v
             p_step = clf((xb + v + r).clamp(0, 1)).argmax(1)
             flips = todo & ((p_step == t) if t is not None else (p_step != lab))
             v_seq = self._scan(xb, v, r, flips, eps)             # H&T / ART: sequential, step must flip the image
@@ -267,7 +244,7 @@ class UniversalPerturbation:
             else:
                 loss = -F.cross_entropy(logits, t, reduction="none").clamp(min=self.beta_targeted)
             (g,) = torch.autograd.grad(loss.sum(), vv)
-        return project_v(v + step * steepest(g, self.norm), eps, self.norm)
+        return project_v(v + step * as_norm(self.norm).normalize(g), eps, self.norm)
 
     # ------------------------------------------------------------------ main loop
     def _rate(self, clf: Classifier, x: Tensor, v: Tensor, lab: Tensor, t: Tensor | None) -> Tensor:
@@ -338,11 +315,8 @@ class UniversalPerturbation:
                          target, curve, k, curve[-1] >= self.stop_rate, time.perf_counter() - t0, times, ref, start)
 
     def _fingerprint(self, clf: Classifier, x: Tensor, target: int | None, eps: float) -> str:
-        h = hashlib.sha256(json.dumps({**asdict(self), "max_passes": None, "target": target, "eps": eps},
-                                      sort_keys=True).encode())
-        h.update(x.detach().cpu().numpy().tobytes())
-        h.update(clf.weights_hash().encode())
-        return h.hexdigest()[:20]
+        """Digest of the settings (``max_passes`` excluded: more passes resume), build images and weights."""
+        return digest({**asdict(self), "max_passes": None, "target": target, "eps": eps}, x, clf.weights_hash())
 
 
 class _Checkpoint:
@@ -362,9 +336,11 @@ class _Checkpoint:
             return None
 
     def save(self, v: Tensor, k: int, curve: list[float], times: list[float]) -> None:
-        from ..persist import write_json_atomic
-        self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.npy.with_suffix(".tmp.npy")
-        np.save(tmp, v.detach().cpu().numpy())
-        tmp.replace(self.npy)
+        arr = v.detach().cpu().numpy()
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:          # a file object: np.save would append ".npy" to a name
+                np.save(f, arr)
+
+        atomic_write(self.npy, write)
         write_json_atomic(self.meta, {"fingerprint": self.fp, "pass": k, "curve": curve, "times": times})

@@ -30,14 +30,23 @@ from torch import Tensor, nn
 
 from ..errors import TrustVisionError
 from ..models.classifier import Classifier
+from ..registry import Registry
+
+
+DEFENCES: Registry[type["InputTransform"]] = Registry("defence")
+"""Input-transformation defences by ``--defense`` spec name; add one with ``@DEFENCES.register("name")``."""
 
 
 class InputTransform(nn.Module):
-    """Base class: ``forward(x (N, C, H, W) in [0, 1]) -> (N, C, H, W)``."""
+    """Base class: ``forward(x (N, C, H, W) in [0, 1]) -> (N, C, H, W)``.
+
+    ``arg_type`` converts the one optional argument of a ``--defense NAME:ARG`` spec for the constructor.
+    """
 
     name: ClassVar[str] = "transform"
     differentiable: ClassVar[bool] = True
     random: ClassVar[bool] = False
+    arg_type: ClassVar[type] = int
 
     def forward(self, x: Tensor) -> Tensor:
         return self.transform(x)
@@ -49,6 +58,7 @@ class InputTransform(nn.Module):
         return self.name
 
 
+@DEFENCES.register("jpeg")
 class JPEG(InputTransform):
     """JPEG round trip at ``quality`` (1–100); 1- and 3-channel images."""
 
@@ -80,6 +90,7 @@ class JPEG(InputTransform):
         return f"jpeg(quality={self.quality})"
 
 
+@DEFENCES.register("bitdepth")
 class BitDepth(InputTransform):
     """Quantise each channel to ``bits`` bits: ``round(x·(2^b − 1)) / (2^b − 1)``."""
 
@@ -100,6 +111,7 @@ class BitDepth(InputTransform):
         return f"bitdepth(bits={self.bits})"
 
 
+@DEFENCES.register("median")
 class Median(InputTransform):
     """k×k median filter with reflection padding (k odd)."""
 
@@ -122,11 +134,13 @@ class Median(InputTransform):
         return f"median(k={self.k})"
 
 
+@DEFENCES.register("resize-pad")
 class RandomResizePad(InputTransform):
     """Shrink each image by a random factor in ``[min_scale, 1]`` and pad it at a random offset (zeros)."""
 
     name = "resize-pad"
     random = True
+    arg_type = float
 
     def __init__(self, min_scale: float = 0.8, seed: int = 0) -> None:
         super().__init__()
@@ -150,10 +164,6 @@ class RandomResizePad(InputTransform):
 
     def describe(self) -> str:
         return f"resize-pad(min_scale={self.min_scale:g})"
-
-
-TRANSFORMS: dict[str, type[InputTransform]] = {"jpeg": JPEG, "bitdepth": BitDepth, "median": Median,
-                                               "resize-pad": RandomResizePad}
 
 
 class _Defended(nn.Module):
@@ -195,15 +205,15 @@ class DefendedClassifier(Classifier):
 
 def defend(classifier: Classifier, spec: str) -> DefendedClassifier:
     """``classifier`` behind the transform named by ``spec``: ``jpeg[:QUALITY]``, ``bitdepth[:BITS]``,
-    ``median[:K]`` or ``resize-pad[:MIN_SCALE]``."""
+    ``median[:K]``, ``resize-pad[:MIN_SCALE]`` or another :data:`DEFENCES` entry."""
     name, _, arg = spec.partition(":")
-    cls = TRANSFORMS.get(name)
-    if cls is None:
-        raise TrustVisionError(f"--defense {spec!r}: choose from {', '.join(TRANSFORMS)} (e.g. jpeg:75)")
+    if name not in DEFENCES.names():
+        raise TrustVisionError(f"--defense {spec!r}: choose from {', '.join(DEFENCES)} (e.g. jpeg:75)")
+    cls = DEFENCES.get(name)
     if not arg:
         return DefendedClassifier(classifier, cls())
     try:
-        value = float(arg) if cls is RandomResizePad else int(arg)
+        value = cls.arg_type(arg)
     except ValueError:
         raise TrustVisionError(f"--defense {spec!r}: {arg!r} is not a number") from None
     return DefendedClassifier(classifier, cls(value))

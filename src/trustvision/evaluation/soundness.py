@@ -6,8 +6,11 @@ person can act on.  A robustness figure without these checks is not reported.
 
 * ``non-monotonic``: robust accuracy rises as the budget grows;
 * ``weaker-than-fgsm``: multi-step PGD leaves more accuracy than one-step FGSM;
-* ``black-box-stronger``: the black-box threshold attack (differential evolution) leaves less accuracy
-  than white-box PGD at the same L∞ budget;
+* ``black-box-stronger``: a black-box attack (the threshold attack, by differential evolution) leaves
+  less accuracy than white-box PGD at the same L∞ budget;
+
+Which curve plays which part is read off the attack presets' capabilities (``family``,
+``single_step``, ``uses_gradients``), never off their names.
 * ``large-budget-not-chance``: an attack with a huge budget does not bring accuracy to chance;
 * ``zero-gradients`` / ``nan-gradients``: input gradients vanish or are not finite;
 * ``not-converged``: more steps and restarts lower robust accuracy materially.
@@ -19,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..attacks.base import input_gradient
+from ..attacks.presets import PRESETS
 from ..models.classifier import Classifier
 from ..results import Flag
 
@@ -46,30 +50,59 @@ def monotonic_flags(curves: dict[str, tuple[list[float], list[float]]], norm: st
     return flags
 
 
-def fgsm_vs_pgd_flags(curves: dict[str, tuple[list[float], list[float]]], n: int) -> list[Flag]:
-    """PGD must be at least as strong as FGSM at the same L-inf budget."""
-    if "fgsm" not in curves or "pgd" not in curves:
+def _first(curves: dict, role) -> str | None:
+    """The first curve whose attack preset (:data:`~trustvision.attacks.presets.PRESETS`) satisfies ``role``."""
+    return next((name for name in curves if name in PRESETS.names() and role(PRESETS.get(name))), None)
+
+
+def _single_step(p) -> bool:
+    return p.family == "gradient" and p.single_step
+
+
+def _iterative(p) -> bool:
+    return p.family == "gradient" and not p.single_step
+
+
+def _black_box(p) -> bool:
+    return p.family == "black-box"
+
+
+def fgsm_vs_pgd_flags(curves: dict[str, tuple[list[float], list[float]]], n: int, single: str | None = None,
+                      iterative: str | None = None) -> list[Flag]:
+    """The iterative gradient attack (PGD) must be at least as strong as the single-step one (FGSM) at the same
+    L-inf budget.
+
+    ``curves``: attack -> (eps list ascending, accuracy list) for one norm.  ``single``/``iterative`` name the
+    two curves; by default they are found by capability (a single-step and a multi-step gradient preset).
+    """
+    single = single or _first(curves, _single_step)
+    iterative = iterative or _first(curves, _iterative)
+    if single not in curves or iterative not in curves:
         return []
-    f_eps, f_acc = curves["fgsm"]
-    p = dict(zip(*curves["pgd"]))
+    f_eps, f_acc = curves[single]
+    p = dict(zip(*curves[iterative]))
     worse = [(e, a, p[e]) for e, a in zip(f_eps, f_acc) if e in p and p[e] > a + tolerance(n)]
     if not worse:
         return []
     e, fa, pa = worse[0]
     return [Flag("weaker-than-fgsm", "warning",
-                 f"At eps={e:g}, PGD leaves {pa:.1%} accuracy but single-step FGSM only {fa:.1%}. An iterative "
-                 "attack weaker than one step signals masked or noisy gradients; raise PGD steps/restarts or "
-                 "use a margin loss, and treat the PGD numbers as upper bounds.",
-                 {"eps": e, "fgsm": fa, "pgd": pa})]
+                 f"At eps={e:g}, {iterative.upper()} leaves {pa:.1%} accuracy but single-step {single.upper()} only "
+                 f"{fa:.1%}. An iterative attack weaker than one step signals masked or noisy gradients; raise PGD "
+                 "steps/restarts or use a margin loss, and treat the PGD numbers as upper bounds.",
+                 {"eps": e, single: fa, iterative: pa})]
 
 
 def blackbox_vs_whitebox_flags(curves: dict[str, tuple[list[float], list[float]]], n: int,
-                                blackbox: str = "threshold", whitebox: str = "pgd") -> list[Flag]:
+                                blackbox: str | None = None, whitebox: str | None = None) -> list[Flag]:
     """A black-box attack must not beat white-box PGD at the same L-inf budget (curves as :func:`fgsm_vs_pgd_flags`).
 
-    A gradient-free search that succeeds where gradients fail means the gradients mislead the attack:
-    gradient masking (Athalye et al. 2018; Carlini et al. 2019, sec. 5).
+    ``blackbox``/``whitebox`` name the two curves; by default they are found by capability (the first attack
+    of the black-box family, the first multi-step gradient attack).  A gradient-free search that succeeds where
+    gradients fail means the gradients mislead the attack: gradient masking (Athalye et al. 2018; Carlini et
+    al. 2019, sec. 5).
     """
+    blackbox = blackbox or _first(curves, _black_box)
+    whitebox = whitebox or _first(curves, _iterative)
     if blackbox not in curves or whitebox not in curves:
         return []
     w = dict(zip(*curves[whitebox]))

@@ -10,6 +10,9 @@
   Localization", IEEE TIP 2021:  ``map = ReLU(Σ_c ReLU(g_c) ⊙ A_c)``.
 * HiResCAM — Draelos & Carin 2020:  ``map = ReLU(Σ_c g_c ⊙ A_c)``.
 
+Each method is a weighting function ``(A, g) -> weighted (N, K, h, w)`` in the :data:`METHODS`
+registry; :func:`cam_from` sums it over channels and rectifies.
+
 Shapes: images ``x`` (N, C, H, W) in [0, 1]; activations ``A`` and gradients ``g`` of the
 target layer (N, K, h, w); maps (N, H, W) upsampled bilinearly to the input size and, by
 default, min-max normalised per image to [0, 1].
@@ -32,9 +35,14 @@ from torch import Tensor, nn
 
 from ..errors import TrustVisionError
 from ..models.classifier import Classifier
+from ..registry import Registry
 
-METHODS = ("gradcam", "gradcam++", "layercam", "hirescam")
 Reshape = Callable[[Tensor], Tensor]
+Weighting = Callable[[Tensor, Tensor], Tensor]
+
+METHODS: Registry[Weighting] = Registry("CAM method")
+"""CAM methods by name: ``weighted(acts, grads) -> (N, K, h, w)``, the channel-weighted activations that
+:func:`cam_from` sums over channels and rectifies.  Add one with ``@METHODS.register("name")``."""
 
 
 @dataclass
@@ -109,22 +117,36 @@ def vit_reshape(height: int, width: int, skip_tokens: int = 1) -> Reshape:
 
 
 # ------------------------------------------------------------------ maps
+@METHODS.register("gradcam")
+def _gradcam(acts: Tensor, grads: Tensor) -> Tensor:
+    """Grad-CAM (Selvaraju et al., ICCV 2017): channel weights = spatial mean of the gradient."""
+    return grads.mean((2, 3), keepdim=True) * acts
+
+
+@METHODS.register("gradcam++")
+def _gradcam_pp(acts: Tensor, grads: Tensor) -> Tensor:
+    """Grad-CAM++ (Chattopadhay et al., WACV 2018): closed-form pixel weights alpha on the positive gradient."""
+    g2 = grads * grads
+    denom = 2 * g2 + acts.sum((2, 3), keepdim=True) * g2 * grads
+    alpha = torch.where(denom != 0, g2 / torch.where(denom != 0, denom, torch.ones_like(denom)), 0.0)
+    return (alpha * grads.clamp_min(0)).sum((2, 3), keepdim=True) * acts
+
+
+@METHODS.register("layercam")
+def _layercam(acts: Tensor, grads: Tensor) -> Tensor:
+    """LayerCAM (Jiang et al., IEEE TIP 2021): element-wise positive gradient times activation."""
+    return grads.clamp_min(0) * acts
+
+
+@METHODS.register("hirescam")
+def _hirescam(acts: Tensor, grads: Tensor) -> Tensor:
+    """HiResCAM (Draelos & Carin 2020): element-wise gradient times activation."""
+    return grads * acts
+
+
 def cam_from(acts: Tensor, grads: Tensor, method: str) -> Tensor:
     """Raw maps (N, h, w) from activations and gradients (N, K, h, w) for ``method`` (see module doc)."""
-    if method == "gradcam":
-        weighted = grads.mean((2, 3), keepdim=True) * acts
-    elif method == "gradcam++":
-        g2 = grads * grads
-        denom = 2 * g2 + acts.sum((2, 3), keepdim=True) * g2 * grads
-        alpha = torch.where(denom != 0, g2 / torch.where(denom != 0, denom, torch.ones_like(denom)), 0.0)
-        weighted = (alpha * grads.clamp_min(0)).sum((2, 3), keepdim=True) * acts
-    elif method == "layercam":
-        weighted = grads.clamp_min(0) * acts
-    elif method == "hirescam":
-        weighted = grads * acts
-    else:
-        raise TrustVisionError(f"unknown CAM method {method!r}; choose from {', '.join(METHODS)}")
-    return weighted.sum(1).clamp_min(0)
+    return METHODS.get(method)(acts, grads).sum(1).clamp_min(0)
 
 
 def normalize_maps(maps: Tensor) -> Tensor:
@@ -181,7 +203,7 @@ class CAM:
     """A batched class-activation-map explainer.
 
     Args:
-        method: ``"gradcam"``, ``"gradcam++"``, ``"layercam"`` or ``"hirescam"``.
+        method: ``"gradcam"``, ``"gradcam++"``, ``"layercam"``, ``"hirescam"`` or any other :data:`METHODS` entry.
         layer: target layer (dotted name, submodule or ``None`` for automatic, see :func:`find_layer`).
         reshape: for token outputs, e.g. ``vit_reshape(14, 14)``.
         normalize: min-max normalise each map to [0, 1].
@@ -193,8 +215,7 @@ class CAM:
 
     def __init__(self, method: str = "gradcam++", layer: str | nn.Module | None = None, *,
                  reshape: Reshape | None = None, normalize: bool = True) -> None:
-        if method not in METHODS:
-            raise TrustVisionError(f"unknown CAM method {method!r}; choose from {', '.join(METHODS)}")
+        METHODS.get(method)            # unknown: "unknown CAM method 'x'; choose from gradcam, ..."
         self.method, self.layer, self.reshape, self.normalize = method, layer, reshape, normalize
 
     def layer_name(self, clf: Classifier) -> str:

@@ -28,8 +28,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...attacks.base import input_gradient, log_mean_softmax
+from ...attacks.runner import BudgetSweep, sweep_budgets
 from ...models.classifier import Classifier
+from ...progress import Progress
 from ...results import Flag, Table
+from ..soundness import tolerance
 
 
 @dataclass
@@ -47,7 +50,7 @@ class Probe:
     def shattered(self) -> bool:
         return self.zero_gradients >= 0.5
 
-    def to_json(self) -> dict:
+    def describe(self) -> dict:
         return {**asdict(self), "shattered": self.shattered}
 
 
@@ -100,7 +103,6 @@ def adaptive_view(clf: Classifier, found: Probe, eot_samples: int) -> Classifier
 def flags(found: Probe, naive: dict[str, dict[float, float]], adaptive: dict[str, dict[float, float]],
           norms: dict[str, str], n: int) -> list[Flag]:
     """Flags saying what was detected, what was done, and how far the numbers moved (naive -> adaptive)."""
-    from ..soundness import tolerance
     out = []
     drops = []
     for name, curve in adaptive.items():
@@ -126,40 +128,44 @@ def flags(found: Probe, naive: dict[str, dict[float, float]], adaptive: dict[str
                         f"{' + '.join(found.techniques)} and judged on the real model; the curves keep the worse "
                         f"of naive and adaptive per image.{moved}"
                         + (" The naive numbers overstate robustness: do not report them." if gap else ""),
-                        {"probe": found.to_json()}))
+                        {"probe": found.describe()}))
     elif found.shattered:
         out.append(Flag("obfuscated-gradients", "error",
                         f"{what[-1].capitalize()} and the model offers no BPDA view, so gradient attacks cannot "
                         "evaluate it: their robust accuracy is meaningless. Wrap the non-differentiable "
                         "preprocessing with trustvision.defenses.transforms (BPDA) or use black-box attacks.",
-                        {"probe": found.to_json()}))
+                        {"probe": found.describe()}))
     return out
 
 
-GRADIENT_ATTACKS = ("fgsm", "pgd", "cw", "deepfool")     # registry names the adaptive views apply to
 PROBE_IMAGES = 64
 
 
-def run_adaptive(cfg, clf: Classifier, data, correct: Tensor, runs: list, batch_size: int, progress,
-                 attack_all) -> tuple[list[Table], list[Flag], dict]:
+def run_adaptive(cfg, clf: Classifier, data, correct: Tensor, runs: list[BudgetSweep], batch_size: int,
+                 progress: Progress | None) -> tuple[list[Table], list[Flag], dict]:
     """The robustness section's adaptive pass: probe, re-attack on the adaptive view, merge per image.
 
-    ``runs`` (the naive ``_AttackRun``s) are updated in place: ``robust[eps]`` becomes naive AND adaptive,
-    the example images become the adaptive ones.  ``attack_all`` is the section's per-preset runner
-    (it takes ``judge=``).  Returns (tables, flags, metrics).
+    ``cfg`` is the section's :class:`~.robustness.RobustnessConfig` (``build(name)``, ``budgets(norm)``),
+    ``data`` holds ``x`` (N, C, H, W) and ``y`` (N,), ``correct`` (N,) bool.  Only attacks that use
+    gradients (``attack.uses_gradients``) are re-run, with the same budget sweep as the naive pass
+    (:func:`~trustvision.attacks.runner.sweep_budgets`) on the adaptive view and judged on ``clf``.
+    ``runs`` (the naive sweeps) are updated in place: ``robust[eps]`` becomes naive AND adaptive,
+    the example images become the adaptive ones.  Returns (tables, flags, metrics).
     """
-    from .robustness import PRESETS
     idx = correct.nonzero()[:PROBE_IMAGES, 0]
     if cfg.adaptive == "off" or len(idx) == 0:
         return [], [], {}
     found = probe(clf, data.x[idx].to(clf.device), data.y[idx].to(clf.device))
     view = adaptive_view(clf, found, cfg.eot_samples)
-    metrics: dict = {"probe": found.to_json()}
+    metrics: dict = {"probe": found.describe()}
     naive, adapt, norms = {}, {}, {}
     for run in runs if view is not None else []:
-        if PRESETS[run.name][0] not in GRADIENT_ATTACKS:
+        attack = cfg.build(run.name)
+        if not attack.uses_gradients:
             continue
-        arun = attack_all(cfg, run.name, view, data, correct, batch_size, progress, judge=clf)
+        arun = sweep_budgets(attack, view, data.x, data.y, cfg.budgets(attack.norm), attacked=correct,
+                             batch_size=batch_size, n_examples=cfg.n_examples, progress=progress, judge=clf,
+                             name=run.name)
         naive[run.name] = {e: float(r.float().mean()) for e, r in run.robust.items()}
         adapt[run.name] = {e: float(r.float().mean()) for e, r in arun.robust.items()}
         norms[run.name] = run.norm

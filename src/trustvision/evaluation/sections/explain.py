@@ -26,7 +26,7 @@ from torch import Tensor
 from ...data.dataset import Dataset
 from ...errors import TrustVisionError
 from ...models.classifier import Classifier
-from ...progress import Quiet
+from ...progress import Progress, Quiet
 from ...results import Figure, Flag, SectionResult, Table
 from ...explain.cam import METHODS, compute_cams, find_layer
 from ...explain.clustering import cluster_maps, group_test
@@ -99,7 +99,7 @@ def top_region_iou(a: Tensor, b: Tensor, fraction: float = 0.2) -> Tensor:
 
 
 def _attention_under_attack(cfg: ExplainConfig, clf: Classifier, data: Dataset, correct: Tensor, batch_size: int):
-    from .robustness import run_batched
+    from ...attacks.runner import run_batched
     idx = correct.nonzero()[:cfg.attack_images, 0]
     if cfg.attack is None or len(idx) == 0:
         return None
@@ -113,9 +113,9 @@ def _attention_under_attack(cfg: ExplainConfig, clf: Classifier, data: Dataset, 
 
 
 def explain_section(clf: Classifier, data: Dataset, clean_logits: Tensor, cfg: ExplainConfig | None = None, *,
-                    out_dir: Path | None = None, batch_size: int = 128, progress=None) -> SectionResult:
+                    out_dir: Path | None = None, batch_size: int = 128,
+                    progress: Progress | None = None) -> SectionResult:
     """Run the explain section on ``data`` (x (N, C, H, W), y (N,) CPU); ``clean_logits`` (N, K)."""
-    from ...report import explain_figures as figs
     cfg = cfg or ExplainConfig()
     progress = progress or Quiet()
     t0 = time.perf_counter()
@@ -130,19 +130,9 @@ def explain_section(clf: Classifier, data: Dataset, clean_logits: Tensor, cfg: E
     layer_name = find_layer(clf.module, cfg.layer)[0]
     advance(1)
     nf = min(cfg.faithfulness_images, n)
-    fa = deletion_insertion(clf, x[:nf], cams.maps[:nf], cams.target[:nf], steps=cfg.steps,
-                            deletion_baseline=cfg.deletion_baseline, batch_size=batch_size, seed=cfg.seed)
-    fr = deletion_insertion(clf, x[:nf], random_saliency((nf, *x.shape[-2:]), cfg.seed), cams.target[:nf],
-                            steps=cfg.steps, deletion_baseline=cfg.deletion_baseline, batch_size=batch_size,
-                            seed=cfg.seed)
+    fa, fr = _faithfulness(clf, x[:nf], cams, cfg, batch_size)
     advance(1)
-    k = None if cfg.clusters == "auto" else int(cfg.clusters)
-    cl = cluster_maps(cams.maps, k, k_range=tuple(cfg.k_range), seed=cfg.seed)
-    by_class = group_test(cl.labels, [clf.labels[int(t)] for t in cams.target], cl.k)
-    by_group = None
-    if cfg.groups is not None:              # images the groups file does not mention stay out of the test
-        keep = np.array([g != "(none)" for g in cfg.groups[:n]], dtype=bool)
-        by_group = group_test(cl.labels[keep], [g for g, k_ in zip(cfg.groups[:n], keep) if k_], cl.k)
+    cl, by_class, by_group = _clusters(clf, cams, cfg, n)
     advance(1)
     shift = _attention_under_attack(cfg, clf, data, clean_logits.argmax(1) == data.y, batch_size)
     advance(1)
@@ -156,16 +146,7 @@ def explain_section(clf: Classifier, data: Dataset, clean_logits: Tensor, cfg: E
     tables = [Table("Clusters of attention", ["cluster", "images", "share"],
                     [[c, int(s), float(s) / n] for c, s in enumerate(cl.sizes)]),
               _group_table(f"Explained class × cluster (chi-square p = {_p(by_class.p_value)})", by_class)]
-    flags = []
-    if by_group is not None:
-        metrics.update(group_cluster_p_value=by_group.p_value, group_cluster_cramers_v=by_group.cramers_v)
-        tables.append(_group_table(f"Group × cluster ({cfg.groups_source or 'groups'}; chi-square p = "
-                                   f"{_p(by_group.p_value)})", by_group))
-        if by_group.p_value is not None and by_group.p_value < 0.05:
-            flags.append(Flag("explain_groups_differ", "info",
-                              f"groups fall into different attention clusters (chi-square p = {by_group.p_value:.3g}, "
-                              f"Cramér's V = {by_group.cramers_v:.2f}): the model looks at different regions per group.",
-                              {"p_value": by_group.p_value}))
+    flags = [] if by_group is None else _add_groups(cfg, by_group, metrics, tables)
     if metrics["deletion_auc"] >= metrics["random_deletion_auc"]:
         flags.append(Flag("explain_unfaithful", "warning",
                           f"{cfg.method} maps are no more faithful than random maps (deletion AUC "
@@ -173,23 +154,64 @@ def explain_section(clf: Classifier, data: Dataset, clean_logits: Tensor, cfg: E
                           "try another target layer (--layer) or method before reading the maps.",
                           {"layer": layer_name}))
     if shift is not None:
-        ok, iou = shift["success"], shift["iou"]
-        metrics["attention_shift"] = {"attack": cfg.attack, "images": len(iou), "attack_success": float(ok.float().mean()),
-                                      "iou_mean": float(iou.mean()),
-                                      "iou_fooled": float(iou[ok].mean()) if ok.any() else None,
-                                      "iou_not_fooled": float(iou[~ok].mean()) if (~ok).any() else None}
-        s = metrics["attention_shift"]
-        tables.append(Table(f"Attention under attack ({cfg.attack}; IoU of top {cfg.top_fraction:.0%} regions)",
-                            ["images", "count", "mean IoU"],
-                            [["all", len(iou), s["iou_mean"]], ["attack succeeded", int(ok.sum()), s["iou_fooled"]],
-                             ["attack failed", int((~ok).sum()), s["iou_not_fooled"]]]))
+        _add_shift(cfg, shift, metrics, tables)
     sec = SectionResult("explain", f"Explanations ({cfg.method}) and attention", metrics, tables, flags=flags,
                         config=cfg.describe())
     sec.examples = [{"cluster": c, "members": m[:cfg.n_examples]} for c, m in enumerate(cl.members)]
     if out_dir is not None:
-        _write(sec, out_dir, figs, clf, x, cams, cl, fa, fr, shift, cfg)
+        _write(sec, out_dir, clf, x, cams, cl, fa, fr, shift, cfg)
     sec.seconds = time.perf_counter() - t0
     return sec
+
+
+def _faithfulness(clf: Classifier, x: Tensor, cams, cfg: ExplainConfig, batch_size: int):
+    """Deletion/insertion of the CAMs and of a seeded random map for images ``x`` (nf, C, H, W)."""
+    nf = len(x)
+    fa = deletion_insertion(clf, x, cams.maps[:nf], cams.target[:nf], steps=cfg.steps,
+                            deletion_baseline=cfg.deletion_baseline, batch_size=batch_size, seed=cfg.seed)
+    fr = deletion_insertion(clf, x, random_saliency((nf, *x.shape[-2:]), cfg.seed), cams.target[:nf],
+                            steps=cfg.steps, deletion_baseline=cfg.deletion_baseline, batch_size=batch_size,
+                            seed=cfg.seed)
+    return fa, fr
+
+
+def _clusters(clf: Classifier, cams, cfg: ExplainConfig, n: int):
+    """k-means clusters of the maps (N, H, W); chi-square tests of class (and group) against cluster."""
+    k = None if cfg.clusters == "auto" else int(cfg.clusters)
+    cl = cluster_maps(cams.maps, k, k_range=tuple(cfg.k_range), seed=cfg.seed)
+    by_class = group_test(cl.labels, [clf.labels[int(t)] for t in cams.target], cl.k)
+    by_group = None
+    if cfg.groups is not None:              # images the groups file does not mention stay out of the test
+        keep = np.array([g != "(none)" for g in cfg.groups[:n]], dtype=bool)
+        by_group = group_test(cl.labels[keep], [g for g, k_ in zip(cfg.groups[:n], keep) if k_], cl.k)
+    return cl, by_class, by_group
+
+
+def _add_groups(cfg: ExplainConfig, by_group, metrics: dict, tables: list[Table]) -> list[Flag]:
+    """Add the group × cluster test to ``metrics`` and ``tables``; return its flag (if groups differ)."""
+    metrics.update(group_cluster_p_value=by_group.p_value, group_cluster_cramers_v=by_group.cramers_v)
+    tables.append(_group_table(f"Group × cluster ({cfg.groups_source or 'groups'}; chi-square p = "
+                               f"{_p(by_group.p_value)})", by_group))
+    if by_group.p_value is not None and by_group.p_value < 0.05:
+        return [Flag("explain_groups_differ", "info",
+                     f"groups fall into different attention clusters (chi-square p = {by_group.p_value:.3g}, "
+                     f"Cramér's V = {by_group.cramers_v:.2f}): the model looks at different regions per group.",
+                     {"p_value": by_group.p_value})]
+    return []
+
+
+def _add_shift(cfg: ExplainConfig, shift: dict, metrics: dict, tables: list[Table]) -> None:
+    """Add the attention-under-attack summary (IoU of clean vs adversarial top regions) to the section."""
+    ok, iou = shift["success"], shift["iou"]
+    metrics["attention_shift"] = {"attack": cfg.attack, "images": len(iou), "attack_success": float(ok.float().mean()),
+                                  "iou_mean": float(iou.mean()),
+                                  "iou_fooled": float(iou[ok].mean()) if ok.any() else None,
+                                  "iou_not_fooled": float(iou[~ok].mean()) if (~ok).any() else None}
+    s = metrics["attention_shift"]
+    tables.append(Table(f"Attention under attack ({cfg.attack}; IoU of top {cfg.top_fraction:.0%} regions)",
+                        ["images", "count", "mean IoU"],
+                        [["all", len(iou), s["iou_mean"]], ["attack succeeded", int(ok.sum()), s["iou_fooled"]],
+                         ["attack failed", int((~ok).sum()), s["iou_not_fooled"]]]))
 
 
 def _p(p: float | None) -> str:
@@ -201,7 +223,9 @@ def _group_table(title: str, g) -> Table:
                  [[name] + row.tolist() for name, row in zip(g.groups, g.table)])
 
 
-def _write(sec: SectionResult, out: Path, figs, clf, x, cams, cl, fa, fr, shift, cfg: ExplainConfig) -> None:
+def _write(sec: SectionResult, out: Path, clf, x, cams, cl, fa, fr, shift, cfg: ExplainConfig) -> None:
+    """Save the figures and ``explain_maps.npz`` (maps as float16) into ``out``; list them in ``sec.figures``."""
+    from ...report.figures import explain as figs
     out.mkdir(parents=True, exist_ok=True)
     figs.cluster_centers(cl.centers, cl.sizes, cl.members, x, cams.maps, out / "explain_clusters.png")
     sec.figures.append(Figure("Clusters of attention", "explain_clusters.png",

@@ -6,8 +6,10 @@ attack), and per-example worst case across attacks of the same norm: an image
 counts as robust at ε only if *every* attack failed on it (Croce & Hein 2020
 report robustness the same way).  Fixed-budget attacks (FGSM, PGD) run once per
 budget; minimal attacks (CW, DeepFool) run once and are thresholded at every
-budget.  The black-box presets ``pixel`` (L0; budgets ``eps_l0`` count pixels)
-and ``threshold`` (L∞) are opt-in, being too slow for the default list.
+budget (:func:`~trustvision.attacks.runner.sweep_budgets`).  Attack names are the
+presets of :mod:`trustvision.attacks.presets`.  The black-box presets ``pixel``
+(L0; budgets ``eps_l0`` count pixels) and ``threshold`` (L∞) are opt-in, being
+too slow for the default list.
 Soundness checks from :mod:`.soundness` run alongside and their flags travel
 with the numbers.
 """
@@ -21,29 +23,18 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ...attacks import ATTACKS, PGD, AttackResult, make_attack
+from ...attacks import PGD
+from ...attacks.presets import PRESETS
+from ...attacks.runner import BudgetSweep, run_batched, sweep_budgets
 from ...data.dataset import Dataset
 from ...errors import TrustVisionError
 from ...models.classifier import Classifier
-from ...progress import Quiet
+from ...progress import Progress, Quiet
 from ...results import Figure, SectionResult, Table
 from . import adaptive as adaptive_eval
 from .. import soundness
 
-NORMS = ("linf", "l2", "l0")     # budget lists eps_<norm> of RobustnessConfig
-
-# name -> (registry attack, fixed constructor arguments); the norm follows from these.
-PRESETS: dict[str, tuple[str, dict]] = {
-    "fgsm": ("fgsm", {"norm": "linf"}),
-    "pgd": ("pgd", {"norm": "linf"}),
-    "fgsm-l2": ("fgsm", {"norm": "l2"}),
-    "pgd-l2": ("pgd", {"norm": "l2"}),
-    "cw": ("cw", {}),
-    "deepfool": ("deepfool", {"norm": "l2"}),
-    "deepfool-linf": ("deepfool", {"norm": "linf"}),
-    "pixel": ("pixel", {}),              # black-box L0 (few-pixel DE); budgets are pixel counts, eps_l0
-    "threshold": ("threshold", {}),      # black-box L∞ (DE); judged against PGD by a soundness check
-}
+BUDGET_NORMS = ("linf", "l2", "l0")     # the norms with a budget list eps_<norm> in RobustnessConfig
 
 
 @dataclass
@@ -66,10 +57,11 @@ class RobustnessConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        unknown = [a for a in self.attacks if a not in PRESETS]
+        presets = PRESETS.names()          # exact names (the registry itself also accepts other cases)
+        unknown = [a for a in self.attacks if a not in presets]
         if unknown:
-            raise TrustVisionError(f"unknown attack(s) {unknown}; choose from {sorted(PRESETS)}")
-        for norm in NORMS:
+            raise TrustVisionError(f"unknown attack(s) {unknown}; choose from {sorted(presets)}")
+        for norm in BUDGET_NORMS:
             eps = getattr(self, f"eps_{norm}")
             if any(e < 0 for e in eps):
                 raise TrustVisionError(f"eps_{norm}: budgets must be >= 0, got {eps}")
@@ -78,102 +70,26 @@ class RobustnessConfig:
             raise TrustVisionError(f"adaptive must be 'auto' or 'off', got {self.adaptive!r}")
         if not (isinstance(self.eot_samples, int) and self.eot_samples >= 1):
             raise TrustVisionError(f"eot_samples must be an integer >= 1, got {self.eot_samples!r}")
-        stray = set(self.attack_options) - set(PRESETS)
+        stray = set(self.attack_options) - set(presets)
         if stray:
-            raise TrustVisionError(f"attack_options: unknown attack(s) {sorted(stray)}; choose from {sorted(PRESETS)}")
+            raise TrustVisionError(f"attack_options: unknown attack(s) {sorted(stray)}; choose from {sorted(presets)}")
         for name in self.attacks:          # bad options fail now, not after an hour of other attacks
             self.build(name)
 
     def build(self, name: str):
         """The attack object for preset ``name`` with the user's options applied."""
-        base, fixed = PRESETS[name]
-        opts = {**fixed, **self.attack_options.get(name, {})}
-        if "seed" in getattr(ATTACKS[base], "__dataclass_fields__", {}):
+        preset = PRESETS.get(name)
+        opts = dict(self.attack_options.get(name, {}))
+        if preset.takes("seed"):
             opts.setdefault("seed", self.seed)
-        return make_attack(base, **opts)
+        return preset.build(**opts)
+
+    def budgets(self, norm: str) -> list[float]:
+        """The budget list of ``norm`` (``eps_linf``, ``eps_l2`` or ``eps_l0``)."""
+        return getattr(self, f"eps_{norm}")
 
 
-def run_batched(attack, clf: Classifier, x: Tensor, y: Tensor, batch_size: int, advance=None) -> AttackResult:
-    """Run ``attack`` over (N, C, H, W) CPU tensors in device batches; results concatenated on the CPU."""
-    parts = []
-    for i in range(0, len(x), batch_size):
-        r = attack(clf, x[i:i + batch_size].to(clf.device), y[i:i + batch_size].to(clf.device))
-        parts.append(AttackResult(r.x_adv.detach().cpu(), r.success.cpu(), r.norms.detach().cpu(),
-                                  r.queries.cpu(), r.gradients.cpu()))
-        if advance:
-            advance(1)
-    if not parts:
-        z = torch.zeros(0)
-        return AttackResult(x, z.bool(), z, z.long(), z.long())
-    cat = lambda k: torch.cat([getattr(p, k) for p in parts])  # noqa: E731
-    return AttackResult(cat("x_adv"), cat("success"), cat("norms"), cat("queries"), cat("gradients"))
-
-
-@dataclass
-class _AttackRun:
-    name: str
-    norm: str
-    robust: dict[float, Tensor]            # eps -> (N,) bool over all evaluated images
-    example: AttackResult | None = None    # on the first correctly classified images
-    example_eps: float | None = None
-    seconds: float = 0.0
-    gradients: int = 0
-
-
-def _attack_all(cfg: RobustnessConfig, name: str, clf: Classifier, data: Dataset, correct: Tensor,
-                batch_size: int, progress, judge: Classifier | None = None) -> _AttackRun:
-    """Run preset ``name`` on the correctly classified images at every budget of its norm.
-
-    ``judge``: when given (adaptive evaluation), success is re-decided by one forward pass of ``judge``
-    on the adversarials that the attack found on ``clf`` (its differentiable view).
-    """
-    attack = cfg.build(name)
-    norm = attack.norm
-    budgets = getattr(cfg, f"eps_{norm}")
-    idx = correct.nonzero()[:, 0]
-    xs, ys = data.x[idx], data.y[idx]
-    nb = (len(idx) + batch_size - 1) // batch_size
-    nonzero = [e for e in budgets if e > 0]
-    ref = nonzero[len(nonzero) // 2] if nonzero else None
-    run = _AttackRun(name, norm, {0.0: correct.clone()})
-    t0 = time.perf_counter()
-    tag = f"{name} (adaptive)" if judge is not None else name
-    if attack.minimal:
-        advance = progress.task(f"{tag} (minimal, {norm})", nb)
-        res = _judged(run_batched(attack, clf, xs, ys, batch_size, advance), judge, ys, batch_size)
-        for e in nonzero:
-            r = correct.clone()
-            r[idx] = res.robust_at(e, torch.ones(len(idx), dtype=torch.bool))
-            run.robust[e] = r
-        run.example, run.example_eps = res, None
-        run.gradients = int(res.gradients.sum())
-    else:
-        advance = progress.task(f"{tag} ({norm}, {len(nonzero)} budgets)", nb * len(nonzero))
-        for e in nonzero:
-            res = _judged(run_batched(attack.with_eps(e), clf, xs, ys, batch_size, advance), judge, ys, batch_size)
-            r = correct.clone()
-            r[idx] = ~res.success
-            run.robust[e] = r
-            run.gradients += int(res.gradients.sum())
-            if e == ref:
-                run.example, run.example_eps = res, e
-    if run.example is not None:
-        k = min(cfg.n_examples, len(idx))
-        ex = run.example
-        run.example = AttackResult(ex.x_adv[:k], ex.success[:k], ex.norms[:k], ex.queries[:k], ex.gradients[:k],
-                                   {"index": idx[:k]})
-    run.seconds = time.perf_counter() - t0
-    return run
-
-
-def _judged(res: AttackResult, judge: Classifier | None, y: Tensor, batch_size: int) -> AttackResult:
-    """``res`` with ``success`` re-decided by ``judge`` (untargeted: prediction != y); unchanged when None."""
-    if judge is not None and len(res.x_adv):
-        res.success = judge.predict(res.x_adv, batch_size).argmax(1).cpu() != y
-    return res
-
-
-def _curves(runs: list[_AttackRun], norm: str, budgets: list[float]) -> tuple[dict, dict[float, Tensor]]:
+def _curves(runs: list[BudgetSweep], norm: str, budgets: list[float]) -> tuple[dict, dict[float, Tensor]]:
     curves, worst = {}, {}
     for run in runs:
         if run.norm == norm:
@@ -186,8 +102,14 @@ def _curves(runs: list[_AttackRun], norm: str, budgets: list[float]) -> tuple[di
     return curves, worst
 
 
-def _checks(cfg: RobustnessConfig, clf: Classifier, data: Dataset, correct: Tensor, runs: list[_AttackRun],
-            curves_by_norm: dict, batch_size: int, progress) -> tuple[list, dict]:
+def _iterative_gradient(preset: str) -> bool:
+    """Preset ``preset`` is a multi-step fixed-budget gradient attack (PGD), read off its capabilities."""
+    p = PRESETS.get(preset)
+    return p.family == "gradient" and not p.single_step
+
+
+def _checks(cfg: RobustnessConfig, clf: Classifier, data: Dataset, correct: Tensor, runs: list[BudgetSweep],
+            curves_by_norm: dict, batch_size: int, progress: Progress) -> tuple[list, dict]:
     flags, stats = [], {}
     n = len(data)
     for norm, curves in curves_by_norm.items():
@@ -211,9 +133,9 @@ def _checks(cfg: RobustnessConfig, clf: Classifier, data: Dataset, correct: Tens
     stats["large_budget"] = {"eps": cfg.large_eps_linf, "norm": "linf", "accuracy": acc_big}
     flags += soundness.large_budget_flag(acc_big, cfg.large_eps_linf, "linf", 1.0 / clf.num_classes)
     advance(1)
-    pgd_runs = [r for r in runs if r.name in ("pgd", "pgd-l2")]
-    if pgd_runs:
-        run = pgd_runs[0]
+    iterative = [r for r in runs if _iterative_gradient(r.name)]
+    if iterative:          # the first iterative gradient attack (PGD) against a stronger PGD
+        run = iterative[0]
         clean_acc = float(correct.float().mean())
         eps_list = [e for e in run.robust if e > 0]
         e = min(eps_list, key=lambda v: abs(float(run.robust[v].float().mean()) - clean_acc / 2))
@@ -231,7 +153,8 @@ def _checks(cfg: RobustnessConfig, clf: Classifier, data: Dataset, correct: Tens
 
 
 def robustness_section(clf: Classifier, data: Dataset, clean_logits: Tensor, cfg: RobustnessConfig | None = None, *,
-                       out_dir: Path | None = None, batch_size: int = 128, progress=None) -> SectionResult:
+                       out_dir: Path | None = None, batch_size: int = 128,
+                       progress: Progress | None = None) -> SectionResult:
     """Robust accuracy curves, worst case, examples and soundness flags.
 
     Args:
@@ -244,12 +167,16 @@ def robustness_section(clf: Classifier, data: Dataset, clean_logits: Tensor, cfg
     progress = progress or Quiet()
     t0 = time.perf_counter()
     correct = clean_logits.argmax(1) == data.y
-    runs = [_attack_all(cfg, name, clf, data, correct, batch_size, progress) for name in cfg.attacks]
+    runs = []
+    for name in cfg.attacks:
+        attack = cfg.build(name)
+        runs.append(sweep_budgets(attack, clf, data.x, data.y, cfg.budgets(attack.norm), attacked=correct,
+                                  batch_size=batch_size, n_examples=cfg.n_examples, progress=progress, name=name))
     adaptive_tables, adaptive_flags, adaptive_metrics = adaptive_eval.run_adaptive(
-        cfg, clf, data, correct, runs, batch_size, progress, _attack_all)
+        cfg, clf, data, correct, runs, batch_size, progress)
     curves_by_norm, worst_by_norm = {}, {}
-    for norm in NORMS:
-        curves, worst = _curves(runs, norm, getattr(cfg, f"eps_{norm}"))
+    for norm in BUDGET_NORMS:
+        curves, worst = _curves(runs, norm, cfg.budgets(norm))
         if curves:
             curves_by_norm[norm], worst_by_norm[norm] = curves, worst
     flags, check_stats = _checks(cfg, clf, data, correct, runs, curves_by_norm, batch_size, progress)
