@@ -131,10 +131,18 @@ def test_cli_audit_and_attack_end_to_end(mnist_setup, tmp_path):
 
 
 def test_summary_metrics_keys(audited):
+    """The summary holds clean accuracy and the worst case at every non-zero budget of _small_cfg, read from
+    the sections themselves (not recomputed by summary_metrics, the function that produced the summary)."""
     results, _ = audited
+    secs = results["sections"]
+    worst = secs["robustness"]["metrics"]["worst_case_robust_accuracy"]
+    assert results["summary"] == {
+        "clean_accuracy": secs["clean"]["metrics"]["clean_accuracy"],
+        "robust_accuracy_linf@0.1": worst["linf"]["0.1"], "robust_accuracy_linf@0.3": worst["linf"]["0.3"],
+        "robust_accuracy_l2@1": worst["l2"]["1.0"], "robust_accuracy_l2@3": worst["l2"]["3.0"]}
     from trustvision.results import SectionResult
-    secs = {k: SectionResult.from_dict(v) for k, v in results["sections"].items()}
-    assert summary_metrics(secs) == results["summary"]
+    assert summary_metrics({"clean": SectionResult.from_dict(secs["clean"])}) == {
+        "clean_accuracy": secs["clean"]["metrics"]["clean_accuracy"]}
 
 
 def test_gradient_masked_model_audit_shows_flags(mnist_setup, mnist_test, tmp_path):
@@ -179,3 +187,39 @@ def test_demo_command_end_to_end(tmp_path):
     assert {"fgsm", "pgd", "pgd-l2", "cw", "deepfool"} <= set(
         results["sections"]["robustness"]["metrics"]["attack_seconds"])
     assert (out / "report.html").is_file() and "trustvision summary" in r.output
+
+
+def test_audit_options_override_the_toml(tmp_path):
+    """`trustvision audit --config`: the file's values stand unless an option is given; the result is validated."""
+    from trustvision.cli.commands.audit import audit_config
+    toml = tmp_path / "a.toml"
+    toml.write_text('n_images = 10\ngates = ["clean_accuracy=0.5"]\n[robustness]\nattacks = ["fgsm"]\n'
+                    'eps_linf = [0.1]\nseed = 7\n')
+    common = {"batch_size": 32, "seed": 3, "resume": False, "gates": None, "attacks": None, "eps_l2": None}
+    cfg = audit_config(toml, n=None, eps_linf="8/255", **common)
+    assert (cfg.n_images, cfg.gates, cfg.batch_size, cfg.seed, cfg.resume) == (10, ["clean_accuracy=0.5"], 32, 3, False)
+    assert cfg.robustness.attacks == ["fgsm"] and cfg.robustness.eps_linf == [0.0, 8 / 255]
+    assert cfg.robustness.seed == 3 and cfg.robustness.eps_l2 == RobustnessConfig().eps_l2
+    cfg = audit_config(None, batch_size=128, n=5, seed=0, resume=True, gates=["clean_accuracy=0.1"],
+                       attacks="pgd, cw", eps_linf=None, eps_l2="1,0.5")
+    assert (cfg.n_images, cfg.gates) == (5, ["clean_accuracy=0.1"])
+    assert cfg.robustness.attacks == ["pgd", "cw"] and cfg.robustness.eps_l2 == [0.0, 0.5, 1.0]
+    with pytest.raises(TrustVisionError, match="--eps-l2"):
+        audit_config(None, n=None, eps_linf=None, **{**common, "eps_l2": "1,a"})
+    with pytest.raises(TrustVisionError, match="unknown attack"):
+        audit_config(None, n=None, eps_linf=None, **{**common, "attacks": "pgd,magic"})
+    with pytest.raises(TrustVisionError, match="batch-size"):
+        audit_config(None, n=None, eps_linf=None, **{**common, "batch_size": 0})
+
+
+def test_model_options_on_every_model_command():
+    """The model-loading options are declared once (ModelArgs) and every command that loads a model has them all."""
+    import dataclasses
+
+    import typer.main
+
+    from trustvision.cli.options import ModelArgs
+    commands = typer.main.get_group(app).commands
+    wanted = {f.name for f in dataclasses.fields(ModelArgs)}
+    for name in ("audit", "attack", "explain", "certify", "uap"):
+        assert wanted <= {p.name for p in commands[name].params}, name

@@ -11,8 +11,6 @@ change is an error (the audit must never modify the user's model).
 """
 from __future__ import annotations
 
-import datetime as _dt
-import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass, field, is_dataclass
@@ -21,20 +19,20 @@ from typing import Any
 
 import torch
 
-from . import __version__
 from .data.dataset import Dataset
 from .errors import ModelModifiedError, TrustVisionError
-from .evaluation import RobustnessConfig, clean_section, robustness_section
-from .evaluation.sections.certify import CertifyConfig, certify_section
-from .evaluation.sections.uap import UAPConfig, uap_section
-from .evaluation.sections.explain import ExplainConfig, explain_section
+from .evaluation.sections import SECTIONS, SectionInputs, clean_section
+from .evaluation.sections.certify import CertifyConfig
+from .evaluation.sections.explain import ExplainConfig
+from .evaluation.sections.robustness import RobustnessConfig
+from .evaluation.sections.uap import UAPConfig
 from .models.classifier import Classifier
-from .progress import Quiet
-from .persist import write_json_atomic
-from .results import SCHEMA_VERSION, SectionResult
+from .parsing import parse_number
+from .persist import digest, write_json_atomic
+from .progress import Progress, Quiet
+from .results import SectionResult, envelope
 
-SECTIONS = ("clean", "robustness", "explain", "certify", "uap")
-DEFAULT_SECTIONS = ("clean", "robustness")          # "explain", "certify" and "uap" are opt-in
+DEFAULT_SECTIONS = tuple(name for name, s in SECTIONS.items() if s.default)   # explain, certify, uap: opt-in
 
 
 @dataclass
@@ -53,23 +51,21 @@ class AuditConfig:
     resume: bool = True
 
     def __post_init__(self) -> None:
-        if isinstance(self.robustness, dict):
-            self.robustness = RobustnessConfig(**self.robustness)
-        if isinstance(self.explain, dict):
-            self.explain = ExplainConfig(**self.explain)
-        if isinstance(self.certify, dict):
-            self.certify = CertifyConfig(**self.certify)
-        if isinstance(self.uap, dict):
-            self.uap = UAPConfig(**self.uap)
+        for name, section in SECTIONS.items():          # a [name] table of audit.toml arrives as a dict
+            if section.config is not None and isinstance(getattr(self, name), dict):
+                setattr(self, name, section.config(**getattr(self, name)))
         bad = [s for s in self.sections if s not in SECTIONS]
         if bad:
-            raise TrustVisionError(f"unknown section(s) {bad}; choose from {list(SECTIONS)}")
+            raise TrustVisionError(f"unknown section(s) {bad}; choose from {SECTIONS.names()}")
         if self.batch_size < 1:
             raise TrustVisionError(f"--batch-size must be >= 1, got {self.batch_size}")
 
     @classmethod
     def from_toml(cls, path: str | Path, **overrides: Any) -> "AuditConfig":
-        """Read ``audit.toml`` (top-level keys of AuditConfig, a ``[robustness]`` table)."""
+        """Read ``audit.toml`` (top-level keys of AuditConfig, one table per section, e.g. ``[robustness]``).
+
+        ``overrides`` (keyword arguments of AuditConfig) replace the file's values; ``None`` ones are ignored.
+        """
         import tomllib
         p = Path(path)
         try:
@@ -91,13 +87,6 @@ class AuditConfig:
 
 # ------------------------------------------------------------------ gates
 _GATE = re.compile(r"^\s*([A-Za-z_][\w.]*(?:@[\w./]+)?)\s*=\s*([-+0-9.eE/]+)\s*$")
-
-
-def _number(text: str) -> float:
-    if "/" in text:
-        a, b = text.split("/", 1)
-        return float(a) / float(b)
-    return float(text)
 
 
 def summary_metrics(sections: dict[str, SectionResult]) -> dict[str, float]:
@@ -126,11 +115,11 @@ def evaluate_gates(gates: list[str], summary: dict[str, float]) -> list[dict]:
         m = _GATE.match(g)
         if not m:
             raise TrustVisionError(f"--fail-under {g!r}: expected METRIC=VALUE, e.g. robust_accuracy_linf@8/255=0.4")
-        name, threshold = m.group(1), _number(m.group(2))
+        name, threshold = m.group(1), parse_number(m.group(2))
         key = name
         if "@" in name:
             base, eps = name.split("@", 1)
-            want = _number(eps)
+            want = parse_number(eps)
             cands = [k for k in summary if k.startswith(base + "@") and abs(float(k.split("@")[1]) - want) < 1e-6]
             key = cands[0] if cands else name
         if key not in summary:
@@ -142,38 +131,17 @@ def evaluate_gates(gates: list[str], summary: dict[str, float]) -> list[dict]:
 
 
 # ------------------------------------------------------------------ audit
-def _fingerprint(*parts: Any) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(json.dumps(p, sort_keys=True, default=str).encode() if not isinstance(p, bytes) else p)
-    return h.hexdigest()[:20]
-
-
 def data_fingerprint(data: Dataset) -> str:
-    """SHA-256 (truncated) of the evaluated images and labels."""
-    return _fingerprint(data.x.contiguous().numpy().tobytes(), data.y.numpy().tobytes())
-
-
-def _run_section(name: str, clf: Classifier, data: Dataset, clean_logits: torch.Tensor, cfg: AuditConfig, out: Path,
-                 progress) -> SectionResult:
-    """Run one non-clean section with its own configuration (``cfg.<name>``)."""
-    common = {"out_dir": out, "progress": progress}
-    if name == "robustness":
-        return robustness_section(clf, data, clean_logits, cfg.robustness, batch_size=cfg.batch_size, **common)
-    if name == "explain":
-        return explain_section(clf, data, clean_logits, cfg.explain, batch_size=cfg.batch_size, **common)
-    if name == "certify":
-        return certify_section(clf, data, cfg.certify, **common)
-    if name == "uap":
-        return uap_section(clf, data, clean_logits, cfg.uap, batch_size=cfg.batch_size, **common)
-    raise TrustVisionError(f"unknown section {name!r}; choose from {list(SECTIONS)}")
+    """:func:`~trustvision.persist.digest` of the evaluated images (N, C, H, W) and labels (N,)."""
+    return digest(data.x, data.y)
 
 
 def audit(clf: Classifier, data: Dataset, config: AuditConfig | None = None, out_dir: str | Path = "trustvision-out",
-          *, data_spec: str = "", progress=None, console=None) -> dict:
+          *, data_spec: str = "", progress: Progress | None = None, console=None) -> dict:
     """Run the configured sections and write ``results.json`` and ``report.html`` into ``out_dir``.
 
-    Returns the results dictionary (the content of results.json).
+    ``data``: images (N, C, H, W) in [0, 1] and labels (N,); ``config.n_images`` of them are sampled with
+    ``config.seed``.  Returns the results dictionary (the content of results.json).
     """
     from .report import render_report
     cfg = config or AuditConfig()
@@ -189,36 +157,44 @@ def audit(clf: Classifier, data: Dataset, config: AuditConfig | None = None, out
     clean_logits = None
     for name in cfg.sections:
         sec_cfg = asdict(getattr(cfg, name)) if is_dataclass(getattr(cfg, name, None)) else {}
-        fp = _fingerprint(*base_fp, name, sec_cfg)
+        fp = digest(*base_fp, name, sec_cfg)
         path = out / "sections" / f"{name}.json"
-        if cfg.resume and path.exists():
-            try:
-                saved = json.loads(path.read_text())
-                if saved.get("fingerprint") == fp:
-                    sections[name] = SectionResult.from_dict(saved["section"])
-                    if console:
-                        console.print(f"[dim]resumed section {name!r} from {path}[/dim]")
-                    continue
-            except (json.JSONDecodeError, KeyError, TypeError):
-                pass                              # unreadable: recompute
+        saved = _resumed(path, fp) if cfg.resume else None
+        if saved is not None:
+            sections[name] = saved
+            if console:
+                console.print(f"[dim]resumed section {name!r} from {path}[/dim]")
+            continue
         torch.manual_seed(cfg.seed)
-        if name == "clean" or clean_logits is None:
+        if name == "clean" or clean_logits is None:       # the clean pass: its logits feed every section
             sec, clean_logits = clean_section(clf, data, batch_size=cfg.batch_size, progress=progress)
-        sections[name] = sec if name == "clean" else _run_section(name, clf, data, clean_logits, cfg, out, progress)
-        sections[name].config = {**sections[name].config, "fingerprint": fp}
-        write_json_atomic(path, {"fingerprint": fp, "section": sections[name].to_dict()})
+        if name != "clean":
+            inputs = SectionInputs(clf, data, clean_logits, cfg.batch_size, out, progress)
+            sec = SECTIONS.get(name).run(inputs, getattr(cfg, name))
+        sec.config = {**sec.config, "fingerprint": fp}
+        sections[name] = sec
+        write_json_atomic(path, {"fingerprint": fp, "section": sec.to_dict()})
     summary = summary_metrics(sections)
-    results = {
-        "schema_version": SCHEMA_VERSION, "trustvision_version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "model": {**clf.describe(), "weights_sha256": weights_before},
-        "data": {"spec": data_spec or data.name, "name": data.name, "n": len(data), "num_classes": data.num_classes,
-                 "sha256": data_fingerprint(data)},
-        "config": asdict(cfg), "summary": summary, "gates": evaluate_gates(cfg.gates, summary),
-        "sections": {k: v.to_dict() for k, v in sections.items()},
-    }
+    results = envelope(model={**clf.describe(), "weights_sha256": weights_before},
+                       data={"spec": data_spec or data.name, "name": data.name, "n": len(data),
+                             "num_classes": data.num_classes, "sha256": data_fingerprint(data)},
+                       config=asdict(cfg), summary=summary, sections=sections,
+                       gates=evaluate_gates(cfg.gates, summary))
     write_json_atomic(out / "results.json", results)
     render_report(results, out)
     if clf.weights_hash() != weights_before:
         raise ModelModifiedError(f"model {clf.name!r}: weights changed during the audit (results kept in {out})")
     return results
+
+
+def _resumed(path: Path, fingerprint: str) -> SectionResult | None:
+    """The section saved at ``path`` if its fingerprint matches (same model, data and config), else None."""
+    if not path.exists():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+        if saved.get("fingerprint") == fingerprint:
+            return SectionResult.from_dict(saved["section"])
+    except (json.JSONDecodeError, KeyError, TypeError):
+        pass                              # unreadable: recompute
+    return None

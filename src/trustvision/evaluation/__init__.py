@@ -1,5 +1,7 @@
-"""Evaluation sections: clean accuracy and model checks, robustness curves with soundness flags."""
+"""Evaluation: the audit sections (:mod:`.sections`, registered in :data:`SECTIONS`) — clean accuracy and model
+checks, robustness curves with soundness flags, explanations, certification, universal perturbations — and the
+measures they share (soundness checks, fooling rates, zero-shot metrics)."""
+from .sections import SECTIONS, Section, SectionInputs, clean_section
 from .sections.robustness import RobustnessConfig, robustness_section
-from .sections.clean import clean_section
 
-__all__ = ["RobustnessConfig", "robustness_section", "clean_section"]
+__all__ = ["SECTIONS", "RobustnessConfig", "Section", "SectionInputs", "robustness_section", "clean_section"]

@@ -1,8 +1,7 @@
 """``trustvision explain``: CAMs, faithfulness, clusters of attention and attention under attack.
 
-Registered on :data:`trustvision.cli.app.app` (imported at the end of :mod:`trustvision.cli.app`).
-Runs the ``clean`` and ``explain`` audit sections and writes ``results.json``, ``report.html``,
-the figures and ``explain_maps.npz`` into ``--out``.  See ``docs/explain.md``.
+Runs the ``clean`` and ``explain`` audit sections on images (N, C, H, W) in [0, 1] and writes
+``results.json``, ``report.html``, the figures and ``explain_maps.npz`` into ``--out``.  See ``docs/explain.md``.
 """
 from __future__ import annotations
 
@@ -11,14 +10,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..app import (ArchOpt, BatchOpt, ChannelsOpt, ClassesOpt, CLOpt, CompileOpt, DataOpt, DeviceOpt, LabelsOpt, MeanOpt,
-                  ModelOpt, OutOpt, PickleOpt, PrecisionOpt, SeedOpt, SizeOpt, StdOpt, WeightsOpt, _load, _run_audit,
-                  app, console, user_errors)
+from ...errors import TrustVisionError
+from ...parsing import parse_numbers
+from ..console import console, run_audit
+from ..options import BatchOpt, DataArgs, DataOpt, ModelArgs, NoResumeOpt, OutOpt, SeedOpt
 
 
-@app.command()
-@user_errors
-def explain(model: ModelOpt, data: DataOpt, out: OutOpt = Path("trustvision-explain"),
+def explain(model: ModelArgs, data: DataOpt, out: OutOpt = Path("trustvision-explain"),
             groups: Annotated[Optional[Path], typer.Option(help="CSV 'image,group': row index or image path -> group")] = None,
             method: Annotated[str, typer.Option(help="gradcam | gradcam++ | layercam | hirescam")] = "gradcam++",
             clusters: Annotated[str, typer.Option(help="'auto' (silhouette) or a number of clusters")] = "auto",
@@ -28,36 +26,28 @@ def explain(model: ModelOpt, data: DataOpt, out: OutOpt = Path("trustvision-expl
                                                      "deepfool...) or 'none'")] = "pgd",
             eps: Annotated[Optional[str], typer.Option(help="attack budget, e.g. 8/255 (default: the attack's)")] = None,
             steps: Annotated[int, typer.Option(help="deletion/insertion steps")] = 28,
-            weights: WeightsOpt = None, arch: ArchOpt = None, num_classes: ClassesOpt = None,
-            channels: ChannelsOpt = None, input_size: SizeOpt = None, mean: MeanOpt = None, std: StdOpt = None,
-            labels: LabelsOpt = None, trust_pickle: PickleOpt = False, device: DeviceOpt = "cpu",
-            precision: PrecisionOpt = "fp32", channels_last: CLOpt = False, compile: CompileOpt = False,
             batch_size: BatchOpt = 128, n: Annotated[int, typer.Option("--n", help="images to explain")] = 500,
-            seed: SeedOpt = 0,
-            no_resume: Annotated[bool, typer.Option("--no-resume", help="recompute finished sections")] = False):
+            seed: SeedOpt = 0, no_resume: NoResumeOpt = False) -> None:
     """Explain the model: Grad-CAM++ maps, deletion/insertion faithfulness, k-means clusters of attention
     (per class and per --groups), attention shift under attack; results.json + report.html."""
-    from ...auditor import AuditConfig
-    from ..app import _floats
-    from ...data import load_dataset
-    from ...explain import read_groups
+    from ... import AuditConfig
     from ...evaluation.sections.explain import ExplainConfig
-    clf = _load(model, weights, arch, num_classes, channels, input_size, mean, std, labels, trust_pickle, device,
-                precision, channels_last, compile)
-    ds = load_dataset(data, size=clf.input_size).conform(clf.channels, clf.num_classes)
+    from ...explain import read_groups
+    classifier = model.load()
+    ds = DataArgs(data).load(classifier)
     labels_per_image = read_groups(groups, len(ds), ds.paths) if groups else None
     idx = ds.sample_indices(n, seed)      # keep the indices so group labels follow their images
     ds = ds.subset(idx)
-    opts = {}
-    if eps is not None:
-        opts["eps"] = _floats(eps, "--eps")[0]
+    budget = parse_numbers(eps, "--eps")
+    if budget is not None and len(budget) != 1:
+        raise TrustVisionError(f"--eps: expected one number, got {eps!r}")
     cfg_explain = ExplainConfig(method=method, layer=layer, target=target, max_images=None, clusters=clusters,
                                 steps=steps, attack=None if attack.lower() == "none" else attack,
-                                attack_options=opts, seed=seed,
+                                attack_options={} if budget is None else {"eps": budget[0]}, seed=seed,
                                 groups=None if labels_per_image is None else [labels_per_image[i] for i in idx.tolist()],
                                 groups_source=str(groups) if groups else "")
     cfg = AuditConfig(sections=["clean", "explain"], n_images=None, batch_size=batch_size, seed=seed,
                       explain=cfg_explain, resume=not no_resume)
-    code = _run_audit(clf, ds, cfg, out, data)
+    code = run_audit(classifier, ds, cfg, out, data)
     console.print(f"explain maps, clusters and figures: {out}")
     raise typer.Exit(code)

@@ -1,26 +1,30 @@
 """``trustvision train``: standard, PGD-AT, fast-AT and TRADES training (see :mod:`trustvision.training.trainer`).
 
-Registered on :data:`trustvision.cli.app.app` (imported at the end of :mod:`trustvision.cli.app`).  Runs unchanged
-under ``torchrun --nproc-per-node N -m trustvision train ...`` (DDP, gloo on the CPU, nccl on CUDA).
-Writes ``OUT/model.safetensors`` (plain weights, auditable with ``--arch``), ``OUT/checkpoint.safetensors``
+Runs unchanged under ``torchrun --nproc-per-node N -m trustvision train ...`` (DDP, gloo on the CPU, nccl on
+CUDA).  Writes ``OUT/model.safetensors`` (plain weights, auditable with ``--arch``), ``OUT/checkpoint.safetensors``
 (resume), ``OUT/history.json`` and ``OUT/training.png`` (per-epoch curves); see ``docs/training.md``.
 """
 from __future__ import annotations
 
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import torch
 import typer
 from rich.table import Table as RichTable
 
-from ..app import DataOpt, MeanOpt, OutOpt, SeedOpt, SizeOpt, StdOpt, _floats, _size, app, console, user_errors
 from ...errors import TrustVisionError
+from ...parsing import parse_numbers
+from ..console import console
+from ..options import DataOpt, MeanOpt, OutOpt, SeedOpt, SizeOpt, StdOpt, parse_size
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from ...data import Dataset
 
 
-@app.command()
-@user_errors
 def train(arch: Annotated[str, typer.Option(help="architecture, e.g. trustvision:smallcnn or torchvision:resnet18")],
           data: DataOpt, out: OutOpt = Path("trustvision-train"),
           method: Annotated[str, typer.Option(help="standard | pgd | fast | trades")] = "standard",
@@ -42,15 +46,14 @@ def train(arch: Annotated[str, typer.Option(help="architecture, e.g. trustvision
           input_size: SizeOpt = None, mean: MeanOpt = None, std: StdOpt = None,
           device: Annotated[str, typer.Option(help="cpu | cuda (under torchrun: cuda:LOCAL_RANK)")] = "cpu",
           seed: SeedOpt = 0,
-          no_resume: Annotated[bool, typer.Option("--no-resume", help="ignore an existing checkpoint")] = False):
+          no_resume: Annotated[bool, typer.Option("--no-resume", help="ignore an existing checkpoint")] = False,
+          ) -> None:
     """Train a model, adversarially or not; evaluate clean and PGD accuracy after every epoch; checkpoint and resume."""
-    from ...training import distributed
-    from ...data import load_dataset
-    from ...training.trainer import TrainConfig, train as run_train
-    from ...models.loading import _build, _fixed_size, _probe
     from ...progress import Quiet, rich_progress
+    from ...training import TrainConfig, distributed
+    from ...training import train as run_train
 
-    budget = _floats(eps, "--eps")
+    budget = parse_numbers(eps, "--eps")
     if not budget or len(budget) != 1:
         raise TrustVisionError(f"--eps: expected one number, got {eps!r}")
     if not 0 <= eval_fraction < 1:
@@ -61,39 +64,47 @@ def train(arch: Annotated[str, typer.Option(help="architecture, e.g. trustvision
                       eval_images=eval_images, seed=seed)
     dist = distributed.init(device)
     try:
-        size = _size(input_size)
-        ds = load_dataset(data, size=size)
-        nc = num_classes or int(ds.y.max()) + 1
-        ds = ds.conform(ds.x.shape[1], nc)
-        train_set, eval_set = ds.split(eval_fraction, seed=seed) if eval_fraction > 0 else (ds, None)
-        torch.manual_seed(seed)                       # the same initial weights on every rank
-        module, _, fixed = _build(arch, nc, ds.x.shape[1], None, size)
-        fixed = fixed or _fixed_size(module)        # e.g. ViTs: inputs are resized to it inside the Classifier
-        probed = _probe(module.eval(), arch, None, size or fixed or tuple(ds.x.shape[-2:]), torch.device("cpu"))
-        if isinstance(probed, BaseException):
-            raise TrustVisionError(f"{arch} does not run on {tuple(ds.x.shape[1:])} images from {data}: "
-                                   f"{str(probed).splitlines()[0] if str(probed) else type(probed).__name__}")
-        if probed[0] != nc:
-            raise TrustVisionError(f"{arch} outputs {probed[0]} classes but {data} has {nc}; pass --num-classes")
-        if probed[1] != ds.x.shape[1]:             # e.g. a 3-channel torchvision model on grey digits
-            train_set, eval_set = (d.conform(probed[1], nc) if d is not None else None for d in (train_set, eval_set))
-        opts = {"num_classes": nc, "channels": probed[1], "input_size": size or fixed,
-                "mean": _floats(mean, "--mean"), "std": _floats(std, "--std")}
+        module, train_set, eval_set, opts = _prepare(arch, data, num_classes, parse_size(input_size), eval_fraction,
+                                                     seed)
+        opts.update(mean=parse_numbers(mean, "--mean"), std=parse_numbers(std, "--std"))
         if dist.main:
             console.print(f"{cfg.method} training of {arch} on {data}: {len(train_set)} train / "
                           f"{len(eval_set) if eval_set else 0} eval images, {dist.world} process(es) on {dist.device}")
-        ctx = rich_progress(console) if dist.main else nullcontext()
-        with ctx as progress:
+        with rich_progress(console) if dist.main else nullcontext() as progress:
             res = run_train(module, train_set, eval_set, cfg, clf_options=opts, out_dir=out, resume=not no_resume,
                             dist=dist, progress=progress or Quiet())
     finally:
         distributed.shutdown()
     if dist.main:
-        from ...report.train_figures import training_curves
+        from ...report.figures.train import training_curves
         _print_history(res.history, res.resumed_from)
         training_curves(res.history, out / "training.png", title=f"{cfg.method} training of {arch}")
-        console.print(f"curves: {out / 'training.png'}\nweights: {out / 'model.safetensors'}  (audit with --model {out / 'model.safetensors'} "
-                      f"--arch {arch})\nhistory: {out / 'history.json'}")
+        console.print(f"curves: {out / 'training.png'}\nweights: {out / 'model.safetensors'}  (audit with --model "
+                      f"{out / 'model.safetensors'} --arch {arch})\nhistory: {out / 'history.json'}")
+
+
+def _prepare(arch: str, data: str, num_classes: int | None, size: tuple[int, int] | None, eval_fraction: float,
+             seed: int) -> tuple["nn.Module", "Dataset", "Dataset | None", dict[str, Any]]:
+    """Load and split the data, build ``arch`` (seeded: the same initial weights on every rank) and check that
+    it runs on the images; returns the module, the train/eval sets and the Classifier options (minus mean/std)."""
+    from ...data import load_dataset
+    from ...models.loading import build_architecture, fixed_input_size, probe_architecture
+    ds = load_dataset(data, size=size)
+    nc = num_classes or int(ds.y.max()) + 1
+    ds = ds.conform(ds.x.shape[1], nc)
+    train_set, eval_set = ds.split(eval_fraction, seed=seed) if eval_fraction > 0 else (ds, None)
+    torch.manual_seed(seed)                       # the same initial weights on every rank
+    module, _, fixed = build_architecture(arch, nc, ds.x.shape[1], None, size)
+    fixed = fixed or fixed_input_size(module)     # e.g. ViTs: inputs are resized to it inside the Classifier
+    probed = probe_architecture(module.eval(), arch, None, size or fixed or tuple(ds.x.shape[-2:]), torch.device("cpu"))
+    if isinstance(probed, BaseException):
+        raise TrustVisionError(f"{arch} does not run on {tuple(ds.x.shape[1:])} images from {data}: "
+                               f"{str(probed).splitlines()[0] if str(probed) else type(probed).__name__}")
+    if probed[0] != nc:
+        raise TrustVisionError(f"{arch} outputs {probed[0]} classes but {data} has {nc}; pass --num-classes")
+    if probed[1] != ds.x.shape[1]:             # e.g. a 3-channel torchvision model on grey digits
+        train_set, eval_set = (d.conform(probed[1], nc) if d is not None else None for d in (train_set, eval_set))
+    return module, train_set, eval_set, {"num_classes": nc, "channels": probed[1], "input_size": size or fixed}
 
 
 def _print_history(history: list[dict], resumed_from: int) -> None:

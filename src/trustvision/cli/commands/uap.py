@@ -1,8 +1,7 @@
 """``trustvision uap``: a universal adversarial perturbation from non-domain images, vs random controls.
 
-Registered on :data:`trustvision.cli.app.app` (imported at the end of :mod:`trustvision.cli.app`).  Runs the
-``clean`` and ``uap`` audit sections and writes ``uap.npy``, ``uap.png``, the figures,
-``results.json`` and ``report.html`` into ``--out``.  See ``docs/universal.md``.
+Runs the ``clean`` and ``uap`` audit sections on images (N, C, H, W) in [0, 1] and writes ``uap.npy``,
+``uap.png``, the figures, ``results.json`` and ``report.html`` into ``--out``.  See ``docs/universal.md``.
 """
 from __future__ import annotations
 
@@ -11,14 +10,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..app import (ArchOpt, BatchOpt, ChannelsOpt, ClassesOpt, CLOpt, CompileOpt, DeviceOpt, LabelsOpt, MeanOpt,
-                  ModelOpt, OutOpt, PickleOpt, PrecisionOpt, SeedOpt, SizeOpt, StdOpt, WeightsOpt, _load, _run_audit,
-                  app, console, user_errors)
+from ...parsing import parse_numbers
+from ..console import console, run_audit
+from ..options import BatchOpt, DataArgs, ModelArgs, OutOpt, SeedOpt
 
 
-@app.command()
-@user_errors
-def uap(model: ModelOpt,
+def uap(model: ModelArgs,
         eval: Annotated[str, typer.Option("--eval", help="evaluation data: class folder | file.npz | mnist | digits")],
         source: Annotated[str, typer.Option(help="images that build the UAP: natural | folder | file.npz | mnist")] = "natural",
         out: OutOpt = Path("trustvision-uap"),
@@ -33,26 +30,20 @@ def uap(model: ModelOpt,
         sweep: Annotated[str, typer.Option(help="zeta values of the sweep figure")] = "0.01,0.02,0.04,0.08,0.16",
         also: Annotated[Optional[list[str]], typer.Option("--also", help="other model for the transfer matrix: "
                                                           "SPEC or ARCH@WEIGHTS (repeatable)")] = None,
-        weights: WeightsOpt = None, arch: ArchOpt = None, num_classes: ClassesOpt = None,
-        channels: ChannelsOpt = None, input_size: SizeOpt = None, mean: MeanOpt = None, std: StdOpt = None,
-        labels: LabelsOpt = None, trust_pickle: PickleOpt = False, device: DeviceOpt = "cpu",
-        precision: PrecisionOpt = "fp32", channels_last: CLOpt = False, compile: CompileOpt = False,
         batch_size: BatchOpt = 128, seed: SeedOpt = 0,
-        no_resume: Annotated[bool, typer.Option("--no-resume", help="recompute finished sections/passes")] = False):
+        no_resume: Annotated[bool, typer.Option("--no-resume", help="recompute finished sections/passes")] = False
+        ) -> None:
     """Build a UAP from --source images, evaluate it on --eval against two random controls of the same norm
     (pixel-permuted, uniform random), ζ sweep, transfer to --also models; results.json + report.html."""
-    from ...auditor import AuditConfig
-    from ..app import _floats
-    from ...data import load_dataset
+    from ... import AuditConfig
     from ...evaluation.sections.uap import UAPConfig
-    clf = _load(model, weights, arch, num_classes, channels, input_size, mean, std, labels, trust_pickle, device,
-                precision, channels_last, compile)
-    ds = load_dataset(eval, size=clf.input_size).conform(clf.channels, clf.num_classes).sample(n, seed)
+    classifier = model.load()
+    ds = DataArgs(eval, n=n, seed=seed).load(classifier)
     cfg_uap = UAPConfig(source=source, n_source=n_source, method=method, norm=norm, zeta=zeta, eps=eps,
-                        target=target, max_passes=max_passes, sweep=_floats(sweep, "--sweep") or [],
+                        target=target, max_passes=max_passes, sweep=parse_numbers(sweep, "--sweep") or [],
                         transfer=list(also or []), seed=seed)
     cfg = AuditConfig(sections=["clean", "uap"], n_images=None, batch_size=batch_size, seed=seed, uap=cfg_uap,
                       resume=not no_resume)
-    code = _run_audit(clf, ds, cfg, out, eval)
+    code = run_audit(classifier, ds, cfg, out, eval)
     console.print(f"UAP: {out / 'uap.npy'} (amplified: {out / 'uap.png'})")
     raise typer.Exit(code)

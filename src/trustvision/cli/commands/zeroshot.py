@@ -1,19 +1,23 @@
 """``trustvision zeroshot``: Raw Zero-Shot feature transferability and its link to attacks.
 
-Kotyan, Matsuki & Vargas, PLOS ONE 2022 (e0266060).  Registered on :data:`trustvision.cli.app.app`
-(imported at the end of :mod:`trustvision.cli.app`).  Trains, per architecture of the zoo, one full and N
+Kotyan, Matsuki & Vargas, PLOS ONE 2022 (e0266060).  Trains, per architecture of the zoo, one full and N
 held-out classifiers on images (N, C, H, W) in [0, 1], writes them to ``OUT/models/`` (a re-run
 resumes), then ``results.json``, ``report.html`` and the figures into ``--out``.  See ``docs/zeroshot.md``.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ..app import DataOpt, DeviceOpt, OutOpt, SeedOpt, app, console, user_errors
 from ...errors import TrustVisionError
+from ...parsing import parse_number
+from ..console import console
+from ..options import DataOpt, DeviceOpt, OutOpt, SeedOpt
+
+if TYPE_CHECKING:
+    from ...evaluation.sections.zeroshot import ZeroShotConfig
 
 
 def _value(text: str) -> Any:
@@ -21,18 +25,14 @@ def _value(text: str) -> Any:
     t = text.strip()
     if t.lower() in ("true", "false"):
         return t.lower() == "true"
-    for conv in (int, float):
-        try:
-            return conv(t)
-        except ValueError:
-            pass
-    if "/" in t:
-        a, _, b = t.partition("/")
-        try:
-            return float(a) / float(b)
-        except (ValueError, ZeroDivisionError):
-            pass
-    return t
+    try:
+        return int(t)
+    except ValueError:
+        pass
+    try:
+        return parse_number(t)
+    except (ValueError, ZeroDivisionError):
+        return t
 
 
 def parse_attack(spec: str) -> tuple[str, dict[str, Any]]:
@@ -58,8 +58,6 @@ def _ints(text: str | None, what: str) -> list[int] | None:
         raise TrustVisionError(f"{what}: expected comma-separated integers, got {text!r}") from None
 
 
-@app.command()
-@user_errors
 def zeroshot(data: DataOpt, out: OutOpt = Path("trustvision-zeroshot"),
              archs: Annotated[str, typer.Option(help="zoo architectures, comma-separated")] =
              "lenet,allconv,nin,resnet,densenet,wideresnet,vgg,capsnet",
@@ -79,12 +77,9 @@ def zeroshot(data: DataOpt, out: OutOpt = Path("trustvision-zeroshot"),
              lr: Annotated[float, typer.Option(help="Adam learning rate (one-cycle peak)")] = 5e-3,
              device: DeviceOpt = "cpu", seed: SeedOpt = 0,
              no_resume: Annotated[bool, typer.Option("--no-resume", help="ignore models and attack results "
-                                                     "already in --out")] = False):
+                                                     "already in --out")] = False) -> None:
     """Raw Zero-Shot (Kotyan et al. 2022): train N held-out + 1 full model per architecture, score the held-out
     soft-label clusters (DBM, AM, entropy, silhouette), attack the full models, correlate; results.json + report.html."""
-    from rich.markup import escape
-    from rich.table import Table as RichTable
-
     from ...data import load_dataset
     from ...evaluation.sections.zeroshot import DEFAULT_ATTACKS, ZeroShotConfig, run_zeroshot
     from ...progress import rich_progress
@@ -96,7 +91,16 @@ def zeroshot(data: DataOpt, out: OutOpt = Path("trustvision-zeroshot"),
     ds = load_dataset(data)
     with rich_progress(console) as progress:
         results = run_zeroshot(ds, cfg, out, data_spec=data, progress=progress)
+    _print_results(results, cfg)
+    console.print(f"results: {out / 'results.json'}\nreport:  {out / 'report.html'}")
+
+
+def _print_results(results: dict, cfg: "ZeroShotConfig") -> None:
+    """The per-architecture table (mean ± std over held-out classes), the correlations and the flags."""
+    from rich.markup import escape
+    from rich.table import Table as RichTable
     m = results["sections"]["zeroshot"]["metrics"]
+    attacks = cfg.attacks
     t = RichTable(title="Raw Zero-Shot (mean ± std over held-out classes)")
     for col in ("architecture", "clean acc", "DBM", "AM", *[f"{a} success" for a in attacks]):
         t.add_column(col, justify="left" if col == "architecture" else "right")
@@ -119,4 +123,3 @@ def zeroshot(data: DataOpt, out: OutOpt = Path("trustvision-zeroshot"),
                 console.print(f"{met.upper()} vs {x} success, {level} (n={c['n']}): {stat}", highlight=False)
     for f in results["sections"]["zeroshot"]["flags"]:
         console.print(f"[yellow]{f['severity']}[/yellow] {f['code']}: {escape(f['message'])}", highlight=False)
-    console.print(f"results: {out / 'results.json'}\nreport:  {out / 'report.html'}")

@@ -1,0 +1,154 @@
+"""Options shared by the commands, declared once: the model-loading group (:class:`ModelArgs`), the data
+(:class:`DataArgs`), the common flags (``--out``, ``--seed``, ``--batch-size``...) and their parsers.
+
+Typer reads options from a command's signature.  A command takes the 14 model-loading options as ONE
+parameter annotated :class:`ModelArgs`; :func:`option_groups` (applied when the command is registered)
+expands it into the group's fields for Typer and rebuilds the :class:`ModelArgs` when the command runs::
+
+    def audit(model: ModelArgs, data: DataOpt, out: OutOpt = Path("trustvision-out"), ...):
+        classifier = model.load()
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from dataclasses import dataclass
+from functools import wraps
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Callable, ClassVar, Optional, get_type_hints
+
+import typer
+
+from ..errors import TrustVisionError
+from ..parsing import parse_numbers
+
+if TYPE_CHECKING:
+    from ..data import Dataset
+    from ..models import Classifier
+
+# ---------------------------------------------------------------- option types (flag names, help, once)
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="torchvision:NAME | timm:NAME | trustvision:NAME | "
+                                       "file.safetensors/.pt/.pth (+--arch) | file.ts | file.onnx | module.py:factory")]
+DataOpt = Annotated[str, typer.Option("--data", "-d", help="class folder | file.npz (x, y) | mnist | digits")]
+WeightsOpt = Annotated[Optional[str], typer.Option(help="state-dict file for an architecture spec")]
+ArchOpt = Annotated[Optional[str], typer.Option(help="architecture for a state-dict file, e.g. torchvision:resnet18")]
+ClassesOpt = Annotated[Optional[int], typer.Option("--num-classes", help="number of classes (inferred if omitted)")]
+ChannelsOpt = Annotated[Optional[int], typer.Option(help="input channels the model takes (default 3, or inferred)")]
+SizeOpt = Annotated[Optional[str], typer.Option("--input-size", help="model input size HxW, e.g. 224x224")]
+MeanOpt = Annotated[Optional[str], typer.Option(help="per-channel mean, e.g. 0.485,0.456,0.406")]
+StdOpt = Annotated[Optional[str], typer.Option(help="per-channel std, e.g. 0.229,0.224,0.225")]
+LabelsOpt = Annotated[Optional[str], typer.Option(help="class names: comma list or a text file, one per line")]
+PickleOpt = Annotated[bool, typer.Option("--trust-pickle", help="allow loading a pickled full model (runs code!)")]
+DeviceOpt = Annotated[str, typer.Option(help="cpu | cuda | cuda:1 | mps")]
+PrecisionOpt = Annotated[str, typer.Option(help="fp32 | bf16 (autocast)")]
+CLOpt = Annotated[bool, typer.Option("--channels-last", help="channels-last memory format")]
+CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the model")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", help="images per device batch")]
+SeedOpt = Annotated[int, typer.Option(help="seed for sampling and random starts")]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="output folder")]
+FailUnderOpt = Annotated[Optional[list[str]], typer.Option("--fail-under", help="METRIC=VALUE gate")]
+NoResumeOpt = Annotated[bool, typer.Option("--no-resume", help="recompute finished sections")]
+
+
+# ---------------------------------------------------------------- parsers
+def parse_size(text: str | None) -> tuple[int, int] | None:
+    """``"224x224"`` -> (224, 224), ``"32"`` -> (32, 32); ``None`` stays ``None``."""
+    if text is None:
+        return None
+    try:
+        h, _, w = text.lower().partition("x")
+        return int(h), int(w or h)
+    except ValueError:
+        raise TrustVisionError(f"--input-size: expected HxW like 224x224, got {text!r}") from None
+
+
+def parse_labels(text: str | None) -> list[str] | None:
+    """Class names from a text file (one per line) or a comma list; ``None`` stays ``None``."""
+    if text is None:
+        return None
+    p = Path(text)
+    if p.is_file():
+        return [line.strip() for line in p.read_text().splitlines() if line.strip()]
+    return [t.strip() for t in text.split(",")]
+
+
+# ---------------------------------------------------------------- option groups
+@dataclass(frozen=True)
+class ModelArgs:
+    """How to load the model under test: the ``--model`` ... ``--compile`` options of every command that loads one."""
+
+    option_group: ClassVar[bool] = True
+
+    model: ModelOpt
+    weights: WeightsOpt = None
+    arch: ArchOpt = None
+    num_classes: ClassesOpt = None
+    channels: ChannelsOpt = None
+    input_size: SizeOpt = None
+    mean: MeanOpt = None
+    std: StdOpt = None
+    labels: LabelsOpt = None
+    trust_pickle: PickleOpt = False
+    device: DeviceOpt = "cpu"
+    precision: PrecisionOpt = "fp32"
+    channels_last: CLOpt = False
+    compile: CompileOpt = False
+
+    def load(self) -> "Classifier":
+        """The model as a :class:`~trustvision.models.Classifier` (takes (N, C, H, W) pixels in [0, 1])."""
+        from .. import load_model
+        return load_model(self.model, weights=self.weights, arch=self.arch, num_classes=self.num_classes,
+                          channels=self.channels, input_size=parse_size(self.input_size),
+                          mean=parse_numbers(self.mean, "--mean"), std=parse_numbers(self.std, "--std"),
+                          labels=parse_labels(self.labels), trust_pickle=self.trust_pickle, device=self.device,
+                          precision=self.precision, channels_last=self.channels_last, compile=self.compile)
+
+
+@dataclass(frozen=True)
+class DataArgs:
+    """The images a command evaluates: a data spec (``--data``/``--eval``), optionally a seeded sample of ``n``."""
+
+    spec: str
+    n: int | None = None
+    seed: int = 0
+
+    def load(self, classifier: "Classifier") -> "Dataset":
+        """Images (N, C, H, W) in [0, 1] fitted to ``classifier`` (size, channels, classes); ``n`` of them if set."""
+        from ..data import load_dataset
+        data = load_dataset(self.spec, size=classifier.input_size)
+        return data.conform(classifier.channels, classifier.num_classes).sample(self.n, self.seed)
+
+
+def option_groups(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Expand each parameter annotated with an option group (e.g. :class:`ModelArgs`) into the group's fields.
+
+    Typer sees one option per field, in place of the group parameter; when the command runs, the fields
+    are gathered back into the group object.  All parameters become keyword-only (Typer passes keywords).
+    """
+    hints = get_type_hints(command, include_extras=True)
+    params: list[inspect.Parameter] = []
+    groups: dict[str, type] = {}
+    for p in inspect.signature(command).parameters.values():
+        group = hints.get(p.name)
+        if not getattr(group, "option_group", False):
+            params.append(p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=hints.get(p.name, p.annotation)))
+            continue
+        groups[p.name] = group
+        field_hints = get_type_hints(group, include_extras=True)
+        for f in dataclasses.fields(group):
+            default = inspect.Parameter.empty if f.default is dataclasses.MISSING else f.default
+            params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                            annotation=field_hints[f.name]))
+    names = [p.name for p in params]
+    if len(set(names)) != len(names):
+        raise TypeError(f"{command.__name__}: an option group field repeats a parameter name")
+
+    @wraps(command)
+    def run(**kwargs: Any) -> Any:
+        for name, group in groups.items():
+            kwargs[name] = group(**{f.name: kwargs.pop(f.name) for f in dataclasses.fields(group)})
+        return command(**kwargs)
+
+    run.__signature__ = inspect.Signature(params)              # type: ignore[attr-defined]
+    run.__annotations__ = {p.name: p.annotation for p in params}
+    return run
