@@ -91,6 +91,7 @@ def mnist100(mnist_test):
     return mnist_test.subset(range(100))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", ["jpeg:75", "bitdepth:2"])
 def test_shattered_gradients_fall_to_bpda(mnist_clf, mnist100, spec):
     sec = _section(defend(mnist_clf, spec), mnist100)
@@ -105,6 +106,7 @@ def test_shattered_gradients_fall_to_bpda(mnist_clf, mnist100, spec):
     assert any(t.title.startswith("Naive vs adaptive") for t in sec.tables)
 
 
+@pytest.mark.slow
 def test_randomization_falls_to_eot(mnist_clf, mnist100):
     sec = _section(defend(mnist_clf, "resize-pad:0.8"), mnist100, eps=[0.1, 0.2])
     ad = sec.metrics["adaptive"]
@@ -124,6 +126,7 @@ def test_median_needs_no_adaptive_attack(mnist_clf, mnist100):
     assert sec.metrics["adaptive"]["techniques"] == [] and not sec.flags
 
 
+@pytest.mark.slow
 def test_pgd_at_keeps_robustness_under_adaptive_attacks(mnist100):
     from trustvision.training import adversarially_trained_mnist
     module = adversarially_trained_mnist()[0]
@@ -157,6 +160,7 @@ def test_adaptive_off(mnist_clf, mnist100):
         RobustnessConfig(adaptive="sometimes")
 
 
+@pytest.mark.slow
 def test_cli_audit_with_defense(mnist_setup, tmp_path):
     from typer.testing import CliRunner
 

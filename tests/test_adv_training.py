@@ -39,6 +39,7 @@ def trained(digits):
     return {m: _fit(digits, method=m) for m in ("standard", "pgd", "fast", "trades")}
 
 
+@pytest.mark.slow
 def test_adversarial_training_buys_robustness(trained):
     last = {m: r.history[-1] for m, r in trained.items()}
     # measured: standard 0.95 clean / 0.43 PGD; pgd 0.93 / 0.69; fast 0.94 / 0.68; trades 0.94 / 0.73
@@ -51,6 +52,7 @@ def test_adversarial_training_buys_robustness(trained):
         assert r.history[-1]["lr"] == pytest.approx(0.0, abs=1e-12)          # cosine ends at 0
 
 
+@pytest.mark.slow
 def test_evaluate_agrees_with_the_pgd_attack(trained, digits):
     """The per-epoch PGD number matches the library PGD attack on the same images and budget (within noise)."""
     from trustvision.attacks import PGD
@@ -63,6 +65,7 @@ def test_evaluate_agrees_with_the_pgd_attack(trained, digits):
     assert abs(ours - ref) < 0.04, (ours, ref)
 
 
+@pytest.mark.slow
 def test_resume_gives_the_same_weights(digits, tmp_path):
     """Interrupt after epoch 1 of 2, resume: bit-identical to an uninterrupted run."""
     cfg = dict(method="pgd", epochs=2, eval_images=64)
@@ -100,6 +103,7 @@ def test_checkpoint_errors(digits, tmp_path):
                         torch.optim.Adam(zoo.smallcnn(10, 1).parameters()))
 
 
+@pytest.mark.slow
 def test_catastrophic_overfitting_warning(trained):
     from trustvision.training.trainer import overfitting_warning
     # the fast-AT MNIST run of docs/training.md at eps 0.3, epoch 8: 67 % on its FGSM examples, 9 % under PGD
@@ -118,6 +122,7 @@ def test_bad_config(kw, match):
         TrainConfig(**kw)
 
 
+@pytest.mark.slow
 def test_amp_and_sgd_step_schedule_run(digits):
     r = _fit((digits[0].subset(range(256)), digits[1]), method="fast", epochs=2, amp="bf16", optimizer="sgd",
              lr=0.05, schedule="step", eval_images=64)
@@ -134,6 +139,7 @@ def _torchrun(nproc: int, out, extra=()) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_match_one(tmp_path):
     """2 gloo processes (DDP, DistributedSampler, all-reduced metrics) follow the 1-process run."""
     runs = {}
@@ -151,6 +157,7 @@ def test_torchrun_two_processes_match_one(tmp_path):
     assert max(float((w1[k] - w2[k]).abs().max()) for k in w1) < 0.05
 
 
+@pytest.mark.slow
 def test_cli_train_and_errors(tmp_path):
     from typer.testing import CliRunner
     from trustvision.cli.app import app

@@ -82,6 +82,7 @@ def _compare(clf, x, y, ours: AttackResult, theirs_adv):
     assert ratio <= 1.5, ratio      # on images both fooled, our mean L2 is at most 1.5x theirs
 
 
+@pytest.mark.slow
 def test_cw_same_algorithm_as_torchattacks(mnist_clf, peer, batch):
     """At a fixed c (no binary search), same lr and steps, CW is the same algorithm in both libraries."""
     x, y = batch
@@ -95,6 +96,7 @@ def test_cw_same_algorithm_as_torchattacks(mnist_clf, peer, batch):
         assert 0.9 <= ratio <= 1.1, ratio
 
 
+@pytest.mark.slow
 def test_cw_with_binary_search_beats_torchattacks(mnist_clf, peer, batch):
     """torchattacks.CW has a fixed c; ours searches c per image (default lr) and must fool at least as many."""
     x, y = batch
@@ -103,6 +105,7 @@ def test_cw_with_binary_search_beats_torchattacks(mnist_clf, peer, batch):
     assert float(ours.success.float().mean()) >= 0.9
 
 
+@pytest.mark.slow
 def test_deepfool_comparable_to_torchattacks(mnist_clf, peer, batch):
     x, y = batch[0][:16], batch[1][:16]      # torchattacks' DeepFool loops over images: keep it small
     ours = DeepFool(max_iter=50, overshoot=0.02)(mnist_clf, x, y)

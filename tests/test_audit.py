@@ -110,6 +110,7 @@ def test_cli_errors_are_one_line(tmp_path):
     assert len(lines) == 1 and "missing.safetensors" in lines[0]
 
 
+@pytest.mark.slow
 def test_cli_audit_and_attack_end_to_end(mnist_setup, tmp_path):
     from safetensors.torch import save_file
     w = tmp_path / "cnn.safetensors"
@@ -145,6 +146,7 @@ def test_summary_metrics_keys(audited):
         "clean_accuracy": secs["clean"]["metrics"]["clean_accuracy"]}
 
 
+@pytest.mark.slow
 def test_gradient_masked_model_audit_shows_flags(mnist_setup, mnist_test, tmp_path):
     """A thresholding 'defence' looks robust to PGD; the audit must say why not to believe it."""
     from test_soundness import Binarize
@@ -176,6 +178,7 @@ def test_bad_config_fails_before_any_work(tmp_path):
     assert AuditConfig.from_toml("examples/audit.toml").robustness.attack_options["pgd"]["steps"] == 20
 
 
+@pytest.mark.slow
 def test_demo_command_end_to_end(tmp_path):
     """`trustvision demo` on a few images: exit 0, results.json with both sections, report written."""
     runner = CliRunner()

@@ -191,6 +191,7 @@ def test_minimal_budget_with_pixel_attack(mnist_clf, mnist_batch):
                 assert attack.with_eps(below)(mnist_clf, x[sel], y[sel]).success.float().mean() <= 0.5
 
 
+@pytest.mark.slow
 def test_pixel_attack_matches_art(mnist_clf, weak):
     """Same model, same 16 images, 3 pixels, ART's population (400 // 9 * 9 = 396) and 3 generations.
 

@@ -141,6 +141,7 @@ def noise_clf():
     return Classifier(module, num_classes=10, channels=1, name="mnist-smallcnn-noise"), test, path
 
 
+@pytest.mark.slow
 def test_certified_accuracy_never_exceeds_smoothed_pgd_robust_accuracy(noise_clf):
     clf, test, _ = noise_clf
     x, y = test.x[:16], test.y[:16]
@@ -158,6 +159,7 @@ def test_certified_accuracy_never_exceeds_smoothed_pgd_robust_accuracy(noise_clf
     assert robust.float().mean() < cert.certified_accuracy(y, [0.0])[0]   # and the attack does break g at r = 1
 
 
+@pytest.mark.slow
 def test_cli_certify_and_audit_section(noise_clf, tmp_path):
     _, test, path = noise_clf
     common = ["certify", "--model", str(path), "--arch", "trustvision:smallcnn", "--num-classes", "10",

@@ -1,6 +1,7 @@
 """The cached trainer is deterministic: the same key and seed give bit-identical weights."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from trustvision.data import bundled
@@ -25,6 +26,7 @@ def test_same_seed_same_weights_and_cache_reuse(tmp_path, monkeypatch):
     assert cached and not module.training
 
 
+@pytest.mark.slow
 def test_concurrent_processes_train_the_cached_model_once(tmp_path):
     """3 processes asking for the same uncached demo model at once: one trains, the others load its file."""
     import os
@@ -48,7 +50,6 @@ def test_concurrent_processes_train_the_cached_model_once(tmp_path):
 
 def test_onecycle_resume_gives_the_same_weights(tmp_path):
     """The onecycle recipe (noise from the global generator) resumes bit-identically from its checkpoint."""
-    import pytest
     from trustvision.training import TrainConfig, train
     data = bundled.load("digits").subset(list(range(128)))
     cfg = TrainConfig(epochs=2, batch_size=32, schedule="onecycle", noise_sigma=0.2, seed=5)

@@ -113,6 +113,7 @@ def test_transfer_matrix(mnist_clf, sets, sgd_uap):
     assert tm["matrix"][1][0] == 0.0 and tm["matrix"][0][0] > 0.3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm, zeta", [("l2", 0.3), ("linf", 0.3)])
 def test_deepfool_beats_random_controls(mnist_clf, sets, norm, zeta):
     xb, xe, ye = sets
@@ -143,6 +144,7 @@ def _art_uap(mnist_clf, xb, eps, targeted, seed):
     return torch.from_numpy(np.asarray(peer.noise, dtype=np.float32))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("targeted", [False, True])
 def test_vs_art(mnist_clf, sets, targeted):
     """Ours (batched fgsm) vs ART (Universal/TargetedUniversalPerturbation, attacker fgsm): same model, same 300
@@ -152,7 +154,6 @@ def test_vs_art(mnist_clf, sets, targeted):
     image order alone (6 shuffles, untargeted: ART mean 0.49, ours 0.46; targeted: ART 0.55, ours 0.55), so
     300 images are used here, where the shuffle moves the rate by a few points only.
     """
-    pytest.importorskip("art")
     xb, xe, _ = sets
     zeta, norm = 0.3, "l2"
     eps = zeta * mean_norm(xe, norm)

@@ -171,6 +171,7 @@ def cli_run(tmp_path_factory):
     return out, res1, res2, (first, calls[len(first):]), (mtimes, mtimes2), r1.output
 
 
+@pytest.mark.slow
 def test_cli_writes_results_report_and_models(cli_run):
     out, res, _, (first, _), _, output = cli_run
     assert (out / "report.html").is_file() and "Raw Zero-Shot" in (out / "report.html").read_text()
@@ -195,6 +196,7 @@ def test_cli_writes_results_report_and_models(cli_run):
     assert "DBM vs fgsm success" in output
 
 
+@pytest.mark.slow
 def test_resume_loads_models_without_retraining(cli_run):
     _, res1, res2, (_, second), (mtimes, mtimes2), _ = cli_run
     assert second == []                              # nothing trained on the second run
@@ -204,6 +206,7 @@ def test_resume_loads_models_without_retraining(cli_run):
     assert m2["models_trained_this_run"] == 0 and m1["models_trained_this_run"] == 8
 
 
+@pytest.mark.slow
 def test_soft_labels_have_n_minus_1_dims_and_sum_to_one(cli_run):
     out = cli_run[0]
     cfg = zs.ZeroShotConfig(archs=["lenet"], classes=[0, 1, 2], epochs=1, attacks={}, attack_images=0)
