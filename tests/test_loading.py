@@ -137,7 +137,7 @@ def test_torchscript(tiny, x, tmp_path, suffix):
 
 
 def test_module_factory(x, factory_file, tmp_path):
-    clf = load_model(f"{factory_file}:make")
+    clf = load_model(f"{factory_file}:make", trust_code=True)
     assert clf.num_classes == 10
     same_logits(clf, _tiny(), x)
     # the factory as the architecture of a weights file, num_classes passed through
@@ -145,15 +145,15 @@ def test_module_factory(x, factory_file, tmp_path):
     other = smallcnn(num_classes=7, channels=1, width=8).eval()
     f = tmp_path / "seven.safetensors"
     save_file(other.state_dict(), str(f))
-    clf = load_model(str(f), arch=f"{factory_file}:make")
+    clf = load_model(str(f), arch=f"{factory_file}:make", trust_code=True)
     assert clf.num_classes == 7
     same_logits(clf, other, x)
 
 
 def test_factory_input_size(factory_file):
-    msg = error(lambda: load_model(f"{factory_file}:fixed64"))
+    msg = error(lambda: load_model(f"{factory_file}:fixed64", trust_code=True))
     assert "--input-size" in msg
-    clf = load_model(f"{factory_file}:fixed64", input_size=(64, 64), channels=3)
+    clf = load_model(f"{factory_file}:fixed64", input_size=(64, 64), channels=3, trust_code=True)
     assert clf.num_classes == 5 and clf(torch.rand(2, 3, 32, 32)).shape == (2, 5)
 
 
@@ -262,11 +262,11 @@ def test_bad_specs_and_arguments(tiny, tmp_path, factory_file):
     assert "foo:bar" in error(lambda: load_model("foo:bar"))
     assert "resnet999" in error(lambda: load_model("torchvision:resnet999"))
     assert "nonet" in error(lambda: load_model("trustvision:nonet"))
-    assert "missing_fn" in error(lambda: load_model(f"{factory_file}:missing_fn"))
-    assert "nn.Module" in error(lambda: load_model(f"{factory_file}:not_a_module"))
+    assert "missing_fn" in error(lambda: load_model(f"{factory_file}:missing_fn", trust_code=True))
+    assert "nn.Module" in error(lambda: load_model(f"{factory_file}:not_a_module", trust_code=True))
     broken = tmp_path / "broken.py"
     broken.write_text("raise RuntimeError('boom\\nsecond line')\n")
-    assert "broken.py" in error(lambda: load_model(f"{broken}:make"))
+    assert "broken.py" in error(lambda: load_model(f"{broken}:make", trust_code=True))
     f = tmp_path / "m.xyz"
     f.write_bytes(b"abc")
     assert "m.xyz" in error(lambda: load_model(str(f)))
@@ -279,7 +279,7 @@ def test_bad_specs_and_arguments(tiny, tmp_path, factory_file):
 
 
 def test_nan_model_on_load(factory_file):
-    assert "NaN" in error(lambda: load_model(f"{factory_file}:nan_model", channels=1))
+    assert "NaN" in error(lambda: load_model(f"{factory_file}:nan_model", channels=1, trust_code=True))
 
 
 def test_check_logits():

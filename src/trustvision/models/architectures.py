@@ -20,6 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import TrustVisionError
+from ..persist import digest
+from .provenance import USER_MODULE_PREFIX
 from .weights import one_line
 from .zoo import ARCHITECTURES
 
@@ -47,7 +49,7 @@ def _import_factory(file: str, name: str) -> Callable[..., Any]:
     path = Path(file)
     if not path.is_file():
         raise TrustVisionError(f"{file}: no such file")
-    mod_name = f"_trustvision_user_{path.stem}_{abs(hash(str(path.resolve())))}"
+    mod_name = f"{USER_MODULE_PREFIX}{path.stem}_{digest(str(path.resolve()), length=12)}"   # stable across runs
     spec = importlib.util.spec_from_file_location(mod_name, path)
     if spec is None or spec.loader is None:
         raise TrustVisionError(f"{file}: cannot be imported as a Python module")
@@ -77,12 +79,32 @@ def parse_arch(spec: str) -> tuple[str, str] | None:
     return None
 
 
+def code_file(spec: str) -> str | None:
+    """The Python file a spec would import and run (``module.py:factory``, also as ``ARCH@WEIGHTS``), else None."""
+    for candidate in (spec, spec.partition("@")[0], spec.rpartition("@")[0]):
+        parsed = parse_arch(candidate) if candidate else None
+        if parsed and parsed[0] == "py":
+            return parsed[1].rpartition(":")[0]
+    return None
+
+
+def require_code_trust(spec: str, trust_code: bool, where: str = "") -> None:
+    """Refuse a ``module.py:factory`` spec unless the caller passed ``trust_code`` (never read from a config file)."""
+    file = code_file(spec)
+    if file is not None and not trust_code:
+        raise TrustVisionError(f"{where}{file}: the model spec {spec!r} imports and runs this Python file; "
+                               "pass --trust-code to run it (only for code you trust)")
+
+
 def build_architecture(arch: str, nc: int | None, ch: int | None, sd: dict[str, Tensor] | None,
-                       input_size: tuple[int, int] | None) -> tuple[nn.Module, int | None, tuple[int, int] | None]:
+                       input_size: tuple[int, int] | None, *, trust_code: bool = False
+                       ) -> tuple[nn.Module, int | None, tuple[int, int] | None]:
     """Build ``arch`` for ``nc`` classes and ``ch`` channels (None: the factory's default / from ``sd``).
 
+    A ``module.py:factory`` arch runs that file, so it needs ``trust_code=True`` (``--trust-code``).
     Returns (module, channels it was built for or None, the (H, W) it needs or None).
     """
+    require_code_trust(arch, trust_code)
     parsed = parse_arch(arch)
     if parsed is None and ":" not in arch:          # bare names: the zoo first, then torchvision
         parsed = ("trustvision", arch) if arch in ARCHITECTURES else ("torchvision", arch)

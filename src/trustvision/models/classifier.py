@@ -5,8 +5,8 @@ on ``classifier.device``.  Normalisation (mean/std), resizing to the model's
 input size and label names live here and never in attacks, so every attack
 works in pixel space and every budget is in pixel units.
 
-The wrapper always runs the module in eval mode and restores the caller's
-mode afterwards; it never changes weights (:meth:`Classifier.weights_hash`
+The wrapper always runs the module, and every submodule, in eval mode and restores
+each one's mode afterwards; it never changes weights (:meth:`Classifier.weights_hash`
 lets the audit prove it).  Precision (``fp32``/``bf16`` autocast),
 ``channels_last`` and ``torch.compile`` are options of the wrapper.
 """
@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import TrustVisionError
+from ..persist import digest
+from .provenance import module_code
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -44,6 +46,8 @@ class Classifier:
         channels_last: run with ``torch.channels_last`` memory format.
         compile: wrap the forward in ``torch.compile``.
         name: a label for reports.
+        provenance: what besides the weights defines the model (the loader's file hashes, spec and
+            library versions, see :mod:`.provenance`); None: derived from the module's classes on first use.
     """
 
     def __init__(
@@ -61,6 +65,7 @@ class Classifier:
         channels_last: bool = False,
         compile: bool = False,
         name: str = "model",
+        provenance: dict | None = None,
     ) -> None:
         if precision not in PRECISIONS:
             raise TrustVisionError(f"--precision must be one of {PRECISIONS}, got {precision!r}")
@@ -82,6 +87,8 @@ class Classifier:
         if self.std is not None and bool((self.std <= 0).any()):
             raise TrustVisionError(f"--std must be positive, got {std}")
         self.module = self._place(module)
+        self._submodules = list(self.module.modules())      # eval_mode() walks this cached list
+        self._provenance = dict(provenance) if provenance is not None else None
         self._forward = torch.compile(self.module) if compile else self.module
 
     # ------------------------------------------------------------------ setup
@@ -106,17 +113,26 @@ class Classifier:
     # -------------------------------------------------------------- forward
     @contextmanager
     def eval_mode(self) -> Iterator[None]:
-        """Run the module in eval mode, restoring every submodule's mode after."""
-        if not self.module.training:
+        """Run every submodule in eval mode for the block, then restore each one's own mode exactly.
+
+        A parent in eval mode may hold children left in train mode (a BatchNorm would update its running
+        statistics, a Dropout would drop): each module's flag is checked, not only the top one's.  The
+        module list is cached at construction, so a call costs one pass over a Python list.
+        """
+        mods = self._submodules
+        modes = [m.training for m in mods]
+        if not any(modes):
             yield
             return
-        modes = [(m, m.training) for m in self.module.modules()]
-        self.module.eval()
+        for m, was in zip(mods, modes):    # flags only, like nn.Module.eval(), but no recursion
+            if was:
+                m.training = False
         try:
             yield
         finally:
-            for m, was in modes:
-                m.training = was
+            for m, was in zip(mods, modes):
+                if m.training != was:
+                    m.training = was
 
     def preprocess(self, x: Tensor) -> Tensor:
         """[0,1] pixels (N,C,H,W) -> what the module expects (resized, normalised)."""
@@ -173,14 +189,31 @@ class Classifier:
             h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
         return h.hexdigest()
 
+    @property
+    def provenance(self) -> dict:
+        """Everything besides the weights that can change a number: the model's code and library versions.
+
+        From :func:`~trustvision.models.loading.load_model`: the spec, the SHA-256 of a ``module.py`` file, of a
+        TorchScript/ONNX/pickle file, the architecture spec; always the classes of the module with the hash of
+        each non-library class's source and the torch (torchvision, timm) versions (:mod:`.provenance`).
+        """
+        if self._provenance is None:
+            self._provenance = {"source": "python", **module_code(self.module)}
+        return self._provenance
+
+    def code_fingerprint(self) -> str:
+        """:func:`~trustvision.persist.digest` of :attr:`provenance` (the model's code, not its weights)."""
+        return digest(self.provenance)
+
     def describe(self) -> dict:
-        """Settings for results.json."""
+        """Settings for results.json (and the audit's resume fingerprint), the model's provenance included."""
         return {"name": self.name, "num_classes": self.num_classes, "channels": self.channels,
                 "input_size": list(self.input_size) if self.input_size else None,
                 "mean": None if self.mean is None else self.mean.flatten().tolist(),
                 "std": None if self.std is None else self.std.flatten().tolist(),
                 "labels": self.labels, "device": str(self.device), "precision": self.precision,
-                "channels_last": self.channels_last}
+                "channels_last": self.channels_last, "provenance": self.provenance,
+                "code_fingerprint": self.code_fingerprint()}
 
 
 class _PixelModule(nn.Module):

@@ -9,11 +9,13 @@ Specs understood by :func:`load_model`:
   architecture spec above or ``module.py:factory``); ``module.``/``_orig_mod.``
   prefixes (DDP, ``torch.compile``) and ``{"state_dict": ...}``/``{"model": ...}``
   wrappers are accepted;
-* pickled full models (``.pt``) only with ``trust_pickle=True``: unpickling runs
-  arbitrary code, so ``torch.load(weights_only=True)`` is always tried first;
+* pickled full models (``.pt``) and legacy checkpoints the safe loader refuses only with
+  ``trust_pickle=True``: unpickling runs arbitrary code, so ``torch.load(weights_only=True)`` is always
+  tried first;
 * TorchScript (``.ts``, ``.jit``, ``.torchscript`` or a ``.pt`` TorchScript archive);
 * ``.onnx`` through ``onnx2torch`` (a real ``nn.Module``, so gradients work);
-* ``module.py:factory``: the file is imported and ``factory()`` called.
+* ``module.py:factory``: the file is imported and ``factory()`` called, only with ``trust_code=True``
+  (``--trust-code``): importing runs the file.  Without it the spec (or ``arch=``) is refused unread.
 
 Unknowns are inferred, never guessed silently: ``num_classes`` from the last
 2-D weight of a state dict, else from one forward pass on a blank image;
@@ -25,7 +27,6 @@ one-line :class:`TrustVisionError` naming the file or argument.  Reading files i
 """
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -33,10 +34,12 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import TrustVisionError
-from .architectures import PREFIXES, build_architecture, fixed_input_size, parse_arch, probe_architecture
+from .architectures import (PREFIXES, build_architecture, code_file, fixed_input_size, parse_arch, probe_architecture,
+                            require_code_trust)
 from .classifier import Classifier
+from .provenance import module_code, spec_provenance
 from .weights import (CHECKPOINT_SUFFIXES, WRAPPER_KEYS, as_state_dict, channels_in, classes_in, is_torchscript,
-                      load_into, one_line, read_state_dict, torch_load)
+                      load_into, one_line, quiet_torch, read_state_dict, torch_load)
 
 # Old private names, still imported by the CLI's ``train`` command: use the public ones.
 _build, _fixed_size, _probe = build_architecture, fixed_input_size, probe_architecture
@@ -69,13 +72,14 @@ def _weights_file(spec: str, weights: str | None, arch: str | None, arch_spec: b
 
 
 def _from_architecture(arch: str, file: Path | None, num_classes: int | None, channels: int | None,
-                       size: tuple[int, int] | None, trust_pickle: bool
+                       size: tuple[int, int] | None, trust_pickle: bool, trust_code: bool
                        ) -> tuple[nn.Module, int | None, int | None, tuple[int, int] | None]:
     """Build ``arch`` and load ``file``'s state dict into it: (module, classes, built channels, fixed size)."""
+    require_code_trust(arch, trust_code)            # before reading anything
     sd = read_state_dict(file, trust_pickle) if file is not None else None
     nc = num_classes or (classes_in(sd) if sd else None)
     ch = channels or (channels_in(sd) if sd else None)
-    module, built_ch, fixed = build_architecture(arch, nc, ch, sd, size)
+    module, built_ch, fixed = build_architecture(arch, nc, ch, sd, size, trust_code=trust_code)
     if sd is not None:
         load_into(module, sd, file, arch)
     return module, nc, built_ch, fixed
@@ -95,8 +99,7 @@ def _from_file(file: Path, dev: torch.device, trust_pickle: bool) -> nn.Module:
             raise TrustVisionError(f"{file}: not a convertible ONNX model ({one_line(e)})") from None
     if is_torchscript(file):
         try:
-            with warnings.catch_warnings():        # TorchScript is deprecated but still what people ship
-                warnings.simplefilter("ignore", FutureWarning)
+            with quiet_torch():                    # TorchScript is deprecated but still what people ship
                 return torch.jit.load(str(file), map_location=dev)
         except Exception as e:
             raise TrustVisionError(f"{file}: not a loadable TorchScript archive ({one_line(e)})") from None
@@ -128,13 +131,17 @@ def load_model(spec: str, *, weights: str | None = None, arch: str | None = None
                num_classes: int | None = None, channels: int | None = None,
                input_size: tuple[int, int] | None = None, mean: Sequence[float] | None = None,
                std: Sequence[float] | None = None, labels: Sequence[str] | None = None,
-               trust_pickle: bool = False, device: str | torch.device = "cpu", precision: str = "fp32",
-               channels_last: bool = False, compile: bool = False) -> Classifier:
+               trust_pickle: bool = False, trust_code: bool = False, device: str | torch.device = "cpu",
+               precision: str = "fp32", channels_last: bool = False, compile: bool = False) -> Classifier:
     """Load a model spec (see the module docstring) as a :class:`Classifier` taking [0, 1] NCHW pixels.
 
     ``weights`` is a state-dict file for an architecture spec; ``arch`` the
     architecture for a state-dict file spec.  Unknown ``num_classes`` and
     ``channels`` are inferred (state dict, then a blank forward pass).
+    ``trust_pickle`` (``--trust-pickle``) allows unpickling a full model; ``trust_code`` (``--trust-code``)
+    allows a ``module.py:factory`` spec or ``arch`` to import and run that file.  Both must come from the
+    person running trustvision, never from a config file.  The classifier's :attr:`~Classifier.provenance`
+    records the code: the spec, the ``module.py`` / TorchScript / ONNX / pickle file hash and library versions.
     """
     if num_classes is not None and num_classes < 2:
         raise TrustVisionError(f"--num-classes must be >= 2, got {num_classes}")
@@ -148,9 +155,10 @@ def load_model(spec: str, *, weights: str | None = None, arch: str | None = None
     nc = num_classes
     if arch_spec or arch:
         module, nc, built_ch, fixed = _from_architecture(spec if arch_spec else arch, file, num_classes, channels,
-                                                         size, trust_pickle)
+                                                         size, trust_pickle, trust_code)
     else:
         module = _from_file(file, dev, trust_pickle)
+    provenance = _provenance(spec, file, spec if arch_spec else arch, module)
     module = module.to(dev).eval()
     have = channels_in(dict(module.state_dict())) or built_ch
     if channels and have and channels != have:
@@ -162,7 +170,25 @@ def load_model(spec: str, *, weights: str | None = None, arch: str | None = None
         nc, ch = _infer_head(module, name, nc, ch, size, dev)
     return Classifier(module, num_classes=nc, channels=ch, input_size=size, mean=mean, std=std,
                       labels=labels, device=dev, precision=precision, channels_last=channels_last,
-                      compile=compile, name=name)
+                      compile=compile, name=name, provenance=provenance)
+
+
+def _provenance(spec: str, file: Path | None, arch: str | None, module: nn.Module) -> dict:
+    """:func:`.provenance.spec_provenance` + :func:`.provenance.module_code` for a loaded model.
+
+    ``file`` is the file read (None for a bare architecture spec); a whole-model file (TorchScript, ONNX,
+    pickle) is hashed because it holds code, a state dict is not (its tensors are the weights, hashed by
+    :meth:`Classifier.weights_hash`).
+    """
+    if arch is not None:
+        fmt = "state_dict" if file is not None else "architecture"
+    elif file is not None and file.suffix.lower() == ".onnx":
+        fmt = "onnx"
+    else:
+        fmt = "torchscript" if file is not None and is_torchscript(file) else "pickle"
+    whole = file if fmt in ("onnx", "torchscript", "pickle") else None
+    return {**spec_provenance(spec, arch=arch, code_file=code_file(arch) if arch else None, model_file=whole,
+                              model_format=fmt), **module_code(module)}
 
 
 def check_logits(classifier: Classifier, x: Tensor) -> None:

@@ -9,9 +9,11 @@ and ``module.``/``_orig_mod.`` prefixes (DDP, ``torch.compile``) are unwrapped. 
 from __future__ import annotations
 
 import re
+import warnings
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -44,24 +46,63 @@ def is_torchscript(path: Path) -> bool:
         return False
 
 
-def torch_load(path: Path, trust_pickle: bool) -> Any:
-    """``torch.load`` with ``weights_only=True``; pickled objects only when trusted."""
+@contextmanager
+def quiet_torch() -> Iterator[None]:
+    """Silence torch's warnings (pickle protocol, TorchScript deprecation...) around a load: errors say what matters."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def is_pickle_stream(path: Path) -> bool:
+    """A pickle (protocol 2-5 header) or a torch zip archive: something only an unpickler can read."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        unsafe = re.findall(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
-        if not unsafe and zipfile.is_zipfile(path):
-            try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+    except OSError:
+        return False
+    if len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return True
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith("data.pkl") for n in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _unsafe_globals(path: Path, e: BaseException) -> list[str]:
+    unsafe = re.findall(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+    if not unsafe and zipfile.is_zipfile(path):
+        try:
+            with quiet_torch():
                 unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-            except Exception:
-                unsafe = []
-        if not unsafe:
-            raise TrustVisionError(f"{path}: not a readable PyTorch checkpoint ({one_line(e)})") from None
-    if not trust_pickle:
-        raise TrustVisionError(f"{path} is a pickled model (it needs {unsafe[0]}); loading it runs arbitrary "
-                               "code: pass --trust-pickle if you trust it")
+        except Exception:
+            unsafe = []
+    return list(unsafe)
+
+
+def torch_load(path: Path, trust_pickle: bool) -> Any:
+    """``torch.load`` with ``weights_only=True``; pickled objects only when trusted.
+
+    A file the safe loader refuses (a pickled model, or a legacy checkpoint in an old pickle protocol) is a
+    one-line error naming ``--trust-pickle``; torch's own warnings are kept from the user.
+    """
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        with quiet_torch():
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        first = e
+    unsafe = _unsafe_globals(path, first)
+    if not unsafe and not is_pickle_stream(path):
+        raise TrustVisionError(f"{path}: not a readable PyTorch checkpoint ({one_line(first)})") from None
+    if not trust_pickle:
+        what = (f"a pickled model (it needs {unsafe[0]})" if unsafe else
+                f"a legacy pickled checkpoint that torch's safe loader refuses ({one_line(first)})")
+        raise TrustVisionError(f"{path} is {what}; --trust-pickle unpickles it, which runs any code inside the "
+                               "file: pass it only if you trust the file (or re-save the weights as .safetensors)")
+    try:
+        with quiet_torch():
+            return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
         raise TrustVisionError(f"{path}: could not unpickle ({type(e).__name__}: {one_line(e)}); make the code "
                                "that defines the model importable, or save a state dict") from None

@@ -23,6 +23,7 @@ from torch import Tensor
 from ...attacks.universal import UniversalPerturbation
 from ...data.dataset import Dataset
 from ...errors import TrustVisionError
+from ...models.architectures import require_code_trust
 from ...models.classifier import Classifier
 from ...progress import Progress, Quiet
 from ...results import Figure, Flag, SectionResult, Table
@@ -90,24 +91,34 @@ class UAPConfig:
                                      seed=self.seed)
 
 
-def _load_transfer(spec: str, clf: Classifier) -> Classifier:
-    """``SPEC`` or ``ARCH@WEIGHTS`` loaded with the main model's classes, channels, size and normalisation."""
+def _load_transfer(spec: str, clf: Classifier, trust_code: bool) -> Classifier:
+    """``SPEC`` or ``ARCH@WEIGHTS`` loaded with the main model's classes, channels, size and normalisation.
+
+    ``trust_code`` comes only from the caller (``--trust-code``), never from :class:`UAPConfig`: a config file
+    cannot make a ``module.py:factory`` transfer model run its file.  Pickles are never unpickled here.
+    """
     from ...models.loading import load_model
     arch, _, weights = spec.partition("@")
     d = clf.describe()
     return load_model(arch, weights=weights or None, num_classes=clf.num_classes, channels=clf.channels,
-                      input_size=clf.input_size, mean=d["mean"], std=d["std"], device=clf.device)
+                      input_size=clf.input_size, mean=d["mean"], std=d["std"], device=clf.device,
+                      trust_code=trust_code)
 
 
 def uap_section(clf: Classifier, data: Dataset, clean_logits: Tensor, cfg: UAPConfig | None = None, *,
-                out_dir: Path | None = None, batch_size: int = 128, progress: Progress | None = None) -> SectionResult:
+                out_dir: Path | None = None, batch_size: int = 128, progress: Progress | None = None,
+                trust_code: bool = False) -> SectionResult:
     """Build a UAP from ``cfg.source``, evaluate it on ``data`` (N, C, H, W) against random controls.
 
     ``clean_logits`` (N, K) are the clean section's logits.  Writes (when ``out_dir`` is given)
     ``uap.npy`` (1, C, H, W), ``uap.png`` (amplified) and the figures; the generator checkpoints every
-    pass to ``out_dir/uap/`` so an interrupted run resumes.
+    pass to ``out_dir/uap/`` so an interrupted run resumes.  ``trust_code`` (from ``--trust-code`` only,
+    never from a config) lets ``module.py:factory`` transfer models run their file; without it they are
+    refused before any work starts.
     """
     cfg = cfg or UAPConfig()
+    for spec in cfg.transfer:
+        require_code_trust(spec, trust_code, where="[uap] transfer: ")
     progress = progress or Quiet()
     t0 = time.perf_counter()
     size = clf.input_size or tuple(data.x.shape[-2:])
@@ -125,7 +136,7 @@ def uap_section(clf: Classifier, data: Dataset, clean_logits: Tensor, cfg: UAPCo
     sweep = fooling.zeta_sweep(clf, x_eval, res.v, norm=cfg.norm, zetas=cfg.sweep, reference_norm=res.reference_norm,
                                target=cfg.target, seed=cfg.seed, batch_size=batch_size)
     advance(1)
-    tm = _transfer(cfg, clf, src, x_eval, res.v, batch_size) if cfg.transfer else None
+    tm = _transfer(cfg, clf, src, x_eval, res.v, batch_size, trust_code) if cfg.transfer else None
     advance(1)
     key = "fooling_rate" if cfg.target is None else "targeted_success"
     metrics = {key: rates["uap"][key], "controls": {c: rates[c][key] for c in fooling.CONTROLS},
@@ -142,9 +153,10 @@ def uap_section(clf: Classifier, data: Dataset, clean_logits: Tensor, cfg: UAPCo
     return sec
 
 
-def _transfer(cfg: UAPConfig, clf: Classifier, src: Tensor, x_eval: Tensor, v: Tensor, batch_size: int) -> dict:
+def _transfer(cfg: UAPConfig, clf: Classifier, src: Tensor, x_eval: Tensor, v: Tensor, batch_size: int,
+              trust_code: bool = False) -> dict:
     """Build a UAP on every ``cfg.transfer`` model too and evaluate each UAP on every model."""
-    models = {clf.name: clf, **{s: _load_transfer(s, clf) for s in cfg.transfer}}
+    models = {clf.name: clf, **{s: _load_transfer(s, clf, trust_code) for s in cfg.transfer}}
     uaps = {clf.name: v}
     for s, m in list(models.items())[1:]:
         uaps[s] = cfg.generator().generate(m, src, target=cfg.target, reference=x_eval).v
