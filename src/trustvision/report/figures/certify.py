@@ -11,11 +11,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .common import as_numpy, save, subplots
+from .common import as_numpy, figure_helper, plain, save, subplots
 
 __all__ = ["certified_accuracy_curve", "radius_histogram"]
 
 
+@figure_helper
 def certified_accuracy_curve(radius: Any, correct: Any, path: str | Path, *, sigma: float, marks: Sequence[float],
                              max_radius: float, title: str = "") -> None:
     """Certified accuracy against L2 radius r: the share of images certified correct with radius ≥ r.
@@ -43,11 +44,12 @@ def certified_accuracy_curve(radius: Any, correct: Any, path: str | Path, *, sig
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper right")
-    ax.set_title(title or "Certified accuracy vs radius", fontsize=10)
+    ax.set_title(plain(title or "Certified accuracy vs radius"), fontsize=10)
     fig.tight_layout()
     save(fig, path)
 
 
+@figure_helper
 def radius_histogram(radius: Any, correct: Any, abstained: Any, path: str | Path, *, bins: int = 20,
                      title: str = "") -> None:
     """Histogram of certified radii, split into certified-correct and certified-wrong images.
@@ -65,6 +67,6 @@ def radius_histogram(radius: Any, correct: Any, abstained: Any, path: str | Path
     ax.set_xlabel("certified L2 radius")
     ax.set_ylabel("images")
     ax.legend(fontsize=8, title=f"abstained: {int(ab.sum())} of {len(r)}", title_fontsize=8)
-    ax.set_title(title or "Per-image certified radius", fontsize=10)
+    ax.set_title(plain(title or "Per-image certified radius"), fontsize=10)
     fig.tight_layout()
     save(fig, path)

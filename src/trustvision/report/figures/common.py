@@ -4,19 +4,47 @@ Figures are built with the object-oriented ``matplotlib.figure.Figure`` API on a
 ``pyplot``: nothing touches the global backend or pyplot's figure registry, so the helpers work
 headless, leak no open figures and leave a caller's notebook backend alone.  DPI is kept modest
 (:data:`DPI` = 100) so a self-contained ``report.html`` that embeds the files stays small.
+
+User strings are never interpreted: every string that comes from the user (class labels, model,
+data and attack names, titles) passes through :func:`plain`, which escapes ``$`` so matplotlib's
+mathtext never parses it (``$\\frac{$`` is drawn as typed instead of crashing the figure), and every
+public figure helper is wrapped by :func:`figure_helper`, which draws with ``text.usetex`` off whatever
+the caller's rcParams say (no LaTeX is run on a label).  Rich markup and emoji codes (``[bold]``,
+``:boom:``) mean nothing to matplotlib and are drawn as typed.
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
+import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure as MplFigure
+from matplotlib.text import Text
 
 DPI = 100
+SAFE_RC = {"text.usetex": False}
+F = TypeVar("F", bound=Callable[..., Any])
 
-__all__ = ["DPI", "as_numpy", "save", "subplots", "to_image", "short_label", "wrap_title"]
+__all__ = ["DPI", "as_numpy", "figure_helper", "plain", "save", "subplots", "to_image", "short_label",
+           "wrap_title"]
+
+
+def plain(text: Any) -> str:
+    """``str(text)`` made literal for matplotlib: every ``$`` escaped, so no mathtext is parsed."""
+    return str(text).replace("$", r"\$")
+
+
+def figure_helper(fn: F) -> F:
+    """Decorate a public figure helper: it runs with ``text.usetex`` off (restored afterwards)."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with matplotlib.rc_context(SAFE_RC):
+            return fn(*args, **kwargs)
+    wrapper.safe_text = True                      # type: ignore[attr-defined]  (checked by the tests)
+    return wrapper                                # type: ignore[return-value]
 
 
 def as_numpy(a: Any) -> np.ndarray:
@@ -33,7 +61,10 @@ def save(fig: MplFigure, path: str | Path) -> None:
     """Write ``fig`` to ``path`` as PNG (parent folders created); the figure is then garbage."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, format="png", bbox_inches="tight")
+    for text in fig.findobj(Text):                # belt and braces: no text is ever sent to LaTeX
+        text.set_usetex(False)
+    with matplotlib.rc_context(SAFE_RC):
+        fig.savefig(path, dpi=DPI, format="png", bbox_inches="tight")
 
 
 def subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float]) -> tuple[MplFigure, Any]:
@@ -55,9 +86,9 @@ def to_image(t: np.ndarray) -> np.ndarray:
 
 
 def short_label(labels: Sequence[str], k: int, width: int = 18) -> str:
-    """Class name for index ``k`` (the index itself when unnamed), cut to ``width`` characters."""
+    """Class name for index ``k`` (the index itself when unnamed), cut to ``width`` characters, :func:`plain`."""
     name = str(labels[k]) if 0 <= k < len(labels) else str(k)
-    return name if len(name) <= width else name[: width - 1] + "…"
+    return plain(name if len(name) <= width else name[: width - 1] + "…")
 
 
 def wrap_title(text: str, width: int = 30) -> str:

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .common import as_numpy, save, short_label, subplots, to_image
+from .common import as_numpy, figure_helper, plain, save, short_label, subplots, to_image
 
 __all__ = ["cam_grid", "cluster_centers", "faithfulness_curves"]
 CMAP = "jet"
@@ -28,6 +28,7 @@ def _show(ax, img: np.ndarray, cam: np.ndarray | None = None, title: str = "", c
     ax.set_yticks([])
 
 
+@figure_helper
 def cam_grid(x: Any, cam: Any, x_adv: Any, cam_adv: Any, pred: Any, pred_adv: Any, iou: Any,
              labels: Sequence[str], path: str | Path, *, max_examples: int = 8) -> None:
     """Rows of (original | its CAM | adversarial | its CAM) with predictions and the top-region IoU.
@@ -57,6 +58,7 @@ def cam_grid(x: Any, cam: Any, x_adv: Any, cam_adv: Any, pred: Any, pred_adv: An
     save(fig, path)
 
 
+@figure_helper
 def cluster_centers(centers: Any, sizes: Sequence[int], members: Sequence[Sequence[int]], x: Any, maps: Any,
                     path: str | Path, *, thumbs: int = 5) -> None:
     """One row per cluster: its mean map, then up to ``thumbs`` member images (closest to the centre first)
@@ -84,6 +86,7 @@ def cluster_centers(centers: Any, sizes: Sequence[int], members: Sequence[Sequen
     save(fig, path)
 
 
+@figure_helper
 def faithfulness_curves(fractions: Any, curves: dict[str, tuple[Any, Any]], path: str | Path, *,
                         title: str = "") -> None:
     """Mean deletion (left) and insertion (right) curves, one line per map kind (e.g. CAM vs random).
@@ -99,7 +102,7 @@ def faithfulness_curves(fractions: Any, curves: dict[str, tuple[Any, Any]], path
             c = as_numpy(cur).astype(float)
             m = c.mean(0) if len(c) else np.zeros_like(f)
             auc = float(((m[1:] + m[:-1]) / 2 * np.diff(f)).sum()) if len(f) > 1 else float("nan")
-            ax.plot(f, m, lw=1.8, label=f"{name} (AUC {auc:.3f})")
+            ax.plot(f, m, lw=1.8, label=f"{plain(name)} (AUC {auc:.3f})")
     for ax, head in zip(axes[0], ("deletion (lower is better)", "insertion (higher is better)")):
         ax.set_xlabel("fraction of pixels")
         ax.set_ylabel("probability of explained class")
@@ -108,6 +111,6 @@ def faithfulness_curves(fractions: Any, curves: dict[str, tuple[Any, Any]], path
         ax.legend(fontsize=8)
         ax.set_title(head, fontsize=10)
     if title:
-        fig.suptitle(title, fontsize=11)
+        fig.suptitle(plain(title), fontsize=11)
     fig.tight_layout()
     save(fig, path)

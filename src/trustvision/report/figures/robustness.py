@@ -12,13 +12,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .common import as_numpy, save, short_label, subplots, to_image, wrap_title
+from .common import as_numpy, figure_helper, plain, save, short_label, subplots, to_image, wrap_title
 
 WORST_CASE = "worst-case"
 
 __all__ = ["robustness_curves", "example_grid", "per_class_bars", "bars", "WORST_CASE"]
 
 
+@figure_helper
 def robustness_curves(curves: dict[str, tuple[Sequence[float], Sequence[float]]], path: str | Path, *, norm: str,
                       clean_acc: float, chance: float, title: str = "") -> None:
     """Robust accuracy against budget ε: one line per attack, a bold worst-case line, a dashed chance line.
@@ -38,23 +39,24 @@ def robustness_curves(curves: dict[str, tuple[Sequence[float], Sequence[float]]]
         if name == WORST_CASE:
             continue
         e, a = as_numpy(eps).astype(float), as_numpy(acc).astype(float)
-        ax.plot(e, a, marker=markers[i % len(markers)], ms=4, lw=1.4, alpha=0.85, label=str(name))
+        ax.plot(e, a, marker=markers[i % len(markers)], ms=4, lw=1.4, alpha=0.85, label=plain(name))
     if WORST_CASE in curves:
         e, a = (as_numpy(v).astype(float) for v in curves[WORST_CASE])
         ax.plot(e, a, color="black", lw=2.8, marker="o", ms=5, label="worst case", zorder=5)
     ax.axhline(chance, color="grey", ls="--", lw=1, label=f"chance ({chance:.3g})")
     ax.axhline(clean_acc, color="tab:green", ls=":", lw=1, label=f"clean ({clean_acc:.3g})")
     pretty = {"linf": "L∞", "l2": "L2", "l0": "L0", "l1": "L1"}.get(norm.lower(), norm)
-    ax.set_xlabel(f"budget ε ({pretty})")
+    ax.set_xlabel(f"budget ε ({plain(pretty)})")
     ax.set_ylabel("robust accuracy")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     if title:
-        ax.set_title(title, fontsize=11)
+        ax.set_title(plain(title), fontsize=11)
     save(fig, path)
 
 
+@figure_helper
 def example_grid(x: Any, x_adv: Any, y: Any, pred_clean: Any, pred_adv: Any, conf_clean: Any, conf_adv: Any,
                  labels: Sequence[str], path: str | Path, *, max_examples: int = 8,
                  amplify: float | None = None) -> None:
@@ -109,6 +111,7 @@ def example_grid(x: Any, x_adv: Any, y: Any, pred_clean: Any, pred_adv: Any, con
     save(fig, path)
 
 
+@figure_helper
 def per_class_bars(labels: Sequence[str], clean_acc_per_class: Sequence[float],
                    robust_acc_per_class: Sequence[float], path: str | Path, *, title: str) -> None:
     """Grouped bars: clean vs robust accuracy for each class.
@@ -135,10 +138,11 @@ def per_class_bars(labels: Sequence[str], clean_acc_per_class: Sequence[float],
     ax.set_ylabel("accuracy")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title(title, fontsize=11)
+    ax.set_title(plain(title), fontsize=11)
     save(fig, path)
 
 
+@figure_helper
 def bars(names: Sequence[str], values: Sequence[float], path: str | Path, *, title: str, ylabel: str) -> None:
     """A plain bar chart: one bar per name, value written above it.
 
@@ -147,7 +151,7 @@ def bars(names: Sequence[str], values: Sequence[float], path: str | Path, *, tit
         path: PNG destination.  title, ylabel: annotations.
     """
     v = np.array([np.nan if a is None else a for a in as_numpy(values).tolist()], dtype=float)
-    names = [str(n) for n in names]
+    names = [plain(n) for n in names]
     fig, ax = subplots(figsize=(max(4.5, min(0.6 * len(names) + 2, 14.0)), 3.6))
     idx = np.arange(len(v))
     ax.bar(idx, np.nan_to_num(v), color="tab:blue")
@@ -157,7 +161,7 @@ def bars(names: Sequence[str], values: Sequence[float], path: str | Path, *, tit
     ax.set_xticks(idx)
     rotate = len(names) > 6 or max(map(len, names), default=0) > 8
     ax.set_xticklabels(names, rotation=45 if rotate else 0, ha="right" if rotate else "center", fontsize=8)
-    ax.set_ylabel(ylabel)
+    ax.set_ylabel(plain(ylabel))
     ax.grid(axis="y", alpha=0.3)
-    ax.set_title(title, fontsize=11)
+    ax.set_title(plain(title), fontsize=11)
     save(fig, path)

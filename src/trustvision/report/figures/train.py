@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import save, subplots
+from .common import figure_helper, plain, save, subplots
 
 __all__ = ["training_curves"]
 
 
+@figure_helper
 def training_curves(history: list[dict], path: str | Path, *, title: str = "") -> None:
     """Left: training loss per epoch; right: train, held-out clean and held-out PGD accuracy per epoch.
 
@@ -32,5 +33,5 @@ def training_curves(history: list[dict], path: str | Path, *, title: str = "") -
     for ax in (loss, acc):
         ax.grid(alpha=0.3)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(plain(title))
     save(fig, path)

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .common import as_numpy, save, short_label, subplots, to_image
+from .common import as_numpy, figure_helper, plain, save, short_label, subplots, to_image
 
 __all__ = ["amplified", "uap_image", "before_after", "convergence", "zeta_sweep_plot", "transfer_heatmap"]
 
@@ -21,17 +21,19 @@ def amplified(v: Any) -> np.ndarray:
     return np.clip(0.5 + a / (2 * max(float(np.abs(a).max()), 1e-12)), 0, 1)
 
 
+@figure_helper
 def uap_image(v: Any, path: str | Path, *, title: str = "") -> None:
     """The UAP amplified to the full display range (grey = 0)."""
     a = amplified(v)
     fig, ax = subplots(figsize=(3.2, 3.4))
     ax.imshow(to_image(a), cmap="gray" if a.shape[0] == 1 else None, vmin=0, vmax=1)
-    ax.set_title(title, fontsize=8)
+    ax.set_title(plain(title), fontsize=8)
     ax.set_xticks([])
     ax.set_yticks([])
     save(fig, path)
 
 
+@figure_helper
 def before_after(x: Any, x_adv: Any, pred: Any, pred_adv: Any, labels: Sequence[str], path: str | Path) -> None:
     """Two rows: clean images with their predictions, the same images + UAP with theirs (red = changed)."""
     xs, xa = as_numpy(x).astype(np.float32), as_numpy(x_adv).astype(np.float32)
@@ -54,6 +56,7 @@ def before_after(x: Any, x_adv: Any, pred: Any, pred_adv: Any, labels: Sequence[
     save(fig, path)
 
 
+@figure_helper
 def convergence(curve: Sequence[float], path: str | Path, *, ylabel: str, stop_rate: float | None = None) -> None:
     """Build-set fooling rate (or targeted success) after each pass (pass 0 = before the first)."""
     fig, ax = subplots(figsize=(5.0, 3.2))
@@ -62,12 +65,13 @@ def convergence(curve: Sequence[float], path: str | Path, *, ylabel: str, stop_r
         ax.axhline(stop_rate, color="grey", ls="--", lw=1, label=f"stop at {stop_rate:.2g}")
         ax.legend(fontsize=8)
     ax.set_xlabel("pass")
-    ax.set_ylabel(ylabel)
+    ax.set_ylabel(plain(ylabel))
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     save(fig, path)
 
 
+@figure_helper
 def zeta_sweep_plot(sweep: dict, path: str | Path, *, ylabel: str, norm: str) -> None:
     """Rate against ζ for the UAP and its two random controls (``sweep`` from ``fooling.zeta_sweep``)."""
     fig, ax = subplots(figsize=(5.0, 3.2))
@@ -76,13 +80,14 @@ def zeta_sweep_plot(sweep: dict, path: str | Path, *, ylabel: str, norm: str) ->
         ax.plot(z, sweep[name], style, ms=4, label={"uap": "UAP", "permuted": "pixel-permuted UAP",
                                                      "random": "uniform random"}[name])
     ax.set_xlabel(f"ζ = ||v|| / mean ||x|| ({'L∞' if norm == 'linf' else 'L2'})")
-    ax.set_ylabel(ylabel)
+    ax.set_ylabel(plain(ylabel))
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     save(fig, path)
 
 
+@figure_helper
 def transfer_heatmap(tm: dict, path: str | Path) -> None:
     """Heat map: rows = model the UAP was built on, columns = model evaluated, cells = rate."""
     m = np.asarray(tm["matrix"], dtype=float)
@@ -91,9 +96,9 @@ def transfer_heatmap(tm: dict, path: str | Path) -> None:
     for i in range(m.shape[0]):
         for j in range(m.shape[1]):
             ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", color="white" if m[i, j] < 0.6 else "black")
-    ax.set_xticks(range(m.shape[1]), tm["targets"], rotation=30, fontsize=8)
-    ax.set_yticks(range(m.shape[0]), tm["sources"], fontsize=8)
+    ax.set_xticks(range(m.shape[1]), [plain(t) for t in tm["targets"]], rotation=30, fontsize=8)
+    ax.set_yticks(range(m.shape[0]), [plain(t) for t in tm["sources"]], fontsize=8)
     ax.set_xlabel("evaluated on")
     ax.set_ylabel("UAP built on")
-    ax.set_title(tm.get("metric", ""), fontsize=9)
+    ax.set_title(plain(tm.get("metric", "")), fontsize=9)
     save(fig, path)

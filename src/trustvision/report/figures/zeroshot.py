@@ -11,11 +11,12 @@ from typing import Any
 
 import numpy as np
 
-from .common import as_numpy, save, subplots
+from .common import as_numpy, figure_helper, plain, save, subplots
 
 __all__ = ["correlation_scatter", "metric_bars", "soft_label_pca"]
 
 
+@figure_helper
 def metric_bars(archs: Sequence[str], means: dict[str, Sequence[float]], spreads: dict[str, Sequence[float]],
                 path: str | Path, *, title: str = "") -> None:
     """One panel per metric: a bar per architecture (mean over held-out classes) with a ±std error bar.
@@ -34,11 +35,11 @@ def metric_bars(archs: Sequence[str], means: dict[str, Sequence[float]], spreads
         best = int(np.nanargmin(m)) if np.isfinite(m).any() else -1
         colors = ["tab:green" if i == best else "tab:blue" for i in range(len(archs))]
         ax.bar(pos, np.nan_to_num(m), yerr=s, capsize=3, color=colors, alpha=0.85)
-        ax.set_xticks(pos, list(archs), rotation=45, ha="right", fontsize=8)
-        ax.set_ylabel(f"{name} (lower = better)")
+        ax.set_xticks(pos, [plain(a) for a in archs], rotation=45, ha="right", fontsize=8)
+        ax.set_ylabel(f"{plain(name)} (lower = better)")
         ax.grid(axis="y", alpha=0.3)
-        ax.set_title(name, fontsize=10)
-    fig.suptitle(title or "Raw Zero-Shot metrics: mean ± std over held-out classes", fontsize=10)
+        ax.set_title(plain(name), fontsize=10)
+    fig.suptitle(plain(title or "Raw Zero-Shot metrics: mean ± std over held-out classes"), fontsize=10)
     fig.tight_layout()
     save(fig, path)
 
@@ -55,6 +56,7 @@ def _pca2(x: np.ndarray) -> np.ndarray:
     return out
 
 
+@figure_helper
 def soft_label_pca(soft: Sequence[Any], class_names: Sequence[str], dbm: Sequence[float | None], path: str | Path,
                    *, title: str = "") -> None:
     """One small panel per held-out class: its soft labels (n_k, N-1) projected on their 2-D PCA plane.
@@ -83,12 +85,13 @@ def soft_label_pca(soft: Sequence[Any], class_names: Sequence[str], dbm: Sequenc
         ax.set_xticks([])
         ax.set_yticks([])
         d = dbm[i] if i < len(dbm) else None
-        ax.set_title(f"held out {class_names[i]}" + (f"\nDBM {d:.3f}" if d is not None else ""), fontsize=8)
-    fig.suptitle(title or "Held-out soft labels (PCA, shared scale)", fontsize=9)
+        ax.set_title(f"held out {plain(class_names[i])}" + (f"\nDBM {d:.3f}" if d is not None else ""), fontsize=8)
+    fig.suptitle(plain(title or "Held-out soft labels (PCA, shared scale)"), fontsize=9)
     fig.tight_layout()
     save(fig, path)
 
 
+@figure_helper
 def correlation_scatter(points: dict[str, dict[str, Any]], path: str | Path, *, attack: str,
                         stats: dict[str, dict[str, Any]]) -> None:
     """Metric (x) against attack success (y): one panel per metric.
@@ -112,7 +115,7 @@ def correlation_scatter(points: dict[str, dict[str, Any]], path: str | Path, *, 
             ys = [p["y"][j] for j in sel]
             ax.scatter(xs, ys, s=12, alpha=0.45, color=f"C{i % 10}")
             ax.scatter([p["arch_x"][i]], [p["arch_y"][i]], s=70, color=f"C{i % 10}", edgecolor="black",
-                       label=a, zorder=3)
+                       label=plain(a), zorder=3)
         lines = []
         for level, label in (("per_class", "(arch, class)"), ("per_architecture", "arch means")):
             s = stats.get(name, {}).get(level, {})
@@ -122,8 +125,8 @@ def correlation_scatter(points: dict[str, dict[str, Any]], path: str | Path, *, 
             else:
                 lines.append(f"{label}: n={s.get('n', 0)}, {s.get('note', 'undefined')}")
         ax.set_title("\n".join(lines), fontsize=7)
-        ax.set_xlabel(name)
-        ax.set_ylabel(f"{attack} success rate (full model)")
+        ax.set_xlabel(plain(name))
+        ax.set_ylabel(f"{plain(attack)} success rate (full model)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6, loc="best")
     fig.tight_layout()
