@@ -11,6 +11,7 @@ change is an error (the audit must never modify the user's model).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from dataclasses import asdict, dataclass, field, is_dataclass
@@ -19,18 +20,22 @@ from typing import Any
 
 import torch
 
+from .configs import check_config
 from .data.dataset import Dataset
 from .errors import ModelModifiedError, TrustVisionError
 from .evaluation.sections import SECTIONS, SectionInputs, clean_section
 from .evaluation.sections.certify import CertifyConfig
 from .evaluation.sections.explain import ExplainConfig
+from .evaluation.sections.patch import PatchConfig
 from .evaluation.sections.robustness import RobustnessConfig
 from .evaluation.sections.uap import UAPConfig
 from .models.classifier import Classifier
 from .parsing import parse_number
+from .evaluation.sections.robustness_units import verify_units
 from .persist import digest, write_json_atomic
 from .progress import Progress, Quiet
-from .results import SectionResult, envelope
+from .results import Flag, SectionResult, clean_json, envelope
+from .resume import UnitStore, environment, output_lock, prepare_output, read_stamped, write_stamped
 
 DEFAULT_SECTIONS = tuple(name for name, s in SECTIONS.items() if s.default)   # explain, certify, uap: opt-in
 
@@ -47,10 +52,13 @@ class AuditConfig:
     explain: ExplainConfig = field(default_factory=ExplainConfig)
     certify: CertifyConfig = field(default_factory=CertifyConfig)
     uap: UAPConfig = field(default_factory=UAPConfig)
+    patch: PatchConfig = field(default_factory=PatchConfig)
     gates: list[str] = field(default_factory=list)
     resume: bool = True
+    verify: float = 0.0            # share of finished per-image results re-run and compared (docs/resume.md)
 
     def __post_init__(self) -> None:
+        check_config(self, at_least_one=("n_images", "batch_size"))   # types of every key, nested tables too
         for name, section in SECTIONS.items():          # a [name] table of audit.toml arrives as a dict
             if section.config is not None and isinstance(getattr(self, name), dict):
                 setattr(self, name, section.config(**getattr(self, name)))
@@ -136,65 +144,159 @@ def data_fingerprint(data: Dataset) -> str:
     return digest(data.x, data.y)
 
 
+_NOT_NUMBERS = ("sections", "gates", "resume", "verify")     # config keys that cannot change a section's numbers
+
+
+def fingerprint_base(clf: Classifier, data: Dataset, cfg: AuditConfig, weights: str) -> str:
+    """What every resume fingerprint covers: weights, model code and settings (``describe()``: provenance,
+    device, precision), the evaluated data, trustvision's and torch's versions, the device and every
+    top-level config value that can change a number; each section adds its own configuration."""
+    top = {k: v for k, v in asdict(cfg).items() if k not in _NOT_NUMBERS and k not in SECTIONS}
+    return digest(weights, data_fingerprint(data), clf.describe(), environment(), str(clf.device), top)
+
+
 def audit(clf: Classifier, data: Dataset, config: AuditConfig | None = None, out_dir: str | Path = "trustvision-out",
           *, data_spec: str = "", progress: Progress | None = None, console=None) -> dict:
     """Run the configured sections and write ``results.json`` and ``report.html`` into ``out_dir``.
 
     ``data``: images (N, C, H, W) in [0, 1] and labels (N,); ``config.n_images`` of them are sampled with
-    ``config.seed``.  Returns the results dictionary (the content of results.json).
+    ``config.seed``.  Returns the results dictionary (the content of results.json).  Resume, digests,
+    ``verify`` and the output folder's upkeep: ``docs/resume.md``.
     """
-    from .report import render_report
     cfg = config or AuditConfig()
-    progress = progress or Quiet()
+    if isinstance(cfg.verify, bool) or not 0 <= cfg.verify <= 1:
+        raise TrustVisionError(f"verify must be a fraction in [0, 1], got {cfg.verify!r}")
     out = Path(out_dir)
-    (out / "sections").mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise TrustVisionError(f"--out {out}: is a file, not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    say = _sayer(console)
     data = data.conform(clf.channels, clf.num_classes).sample(cfg.n_images, cfg.seed)
     if len(data) == 0:
         raise TrustVisionError(f"dataset {data.name!r} is empty")
     weights_before = clf.weights_hash()
-    base_fp = (weights_before, data_fingerprint(data), clf.describe(), cfg.seed, cfg.batch_size)
-    sections: dict[str, SectionResult] = {}
-    clean_logits = None
-    for name in cfg.sections:
-        sec_cfg = asdict(getattr(cfg, name)) if is_dataclass(getattr(cfg, name, None)) else {}
-        fp = digest(*base_fp, name, sec_cfg)
-        path = out / "sections" / f"{name}.json"
-        saved = _resumed(path, fp) if cfg.resume else None
-        if saved is not None:
-            sections[name] = saved
-            if console:
-                console.print(f"[dim]resumed section {name!r} from {path}[/dim]")
-            continue
-        torch.manual_seed(cfg.seed)
-        if name == "clean" or clean_logits is None:       # the clean pass: its logits feed every section
-            sec, clean_logits = clean_section(clf, data, batch_size=cfg.batch_size, progress=progress)
-        if name != "clean":
-            inputs = SectionInputs(clf, data, clean_logits, cfg.batch_size, out, progress)
-            sec = SECTIONS.get(name).run(inputs, getattr(cfg, name))
-        sec.config = {**sec.config, "fingerprint": fp}
-        sections[name] = sec
-        write_json_atomic(path, {"fingerprint": fp, "section": sec.to_dict()})
-    summary = summary_metrics(sections)
-    results = envelope(model={**clf.describe(), "weights_sha256": weights_before},
-                       data={"spec": data_spec or data.name, "name": data.name, "n": len(data),
-                             "num_classes": data.num_classes, "sha256": data_fingerprint(data)},
-                       config=asdict(cfg), summary=summary, sections=sections,
-                       gates=evaluate_gates(cfg.gates, summary))
-    write_json_atomic(out / "results.json", results)
-    render_report(results, out)
+    base = fingerprint_base(clf, data, cfg, weights_before)
+    with output_lock(out, say):
+        prepare_output(out, cfg.sections, [n for n in _UNIT_SECTIONS if n in cfg.sections], say)
+        store = UnitStore(out / "sections" / "robustness", digest(base, "robustness-units"), say)
+        sections = _run_sections(clf, data, cfg, out, base, store, progress or Quiet(), say)
+        summary = summary_metrics(sections)
+        extra = {"gates": evaluate_gates(cfg.gates, summary)}
+        if cfg.verify > 0:
+            extra["verification"] = _verify(clf, data, cfg, store, sections, say)
+            extra["gates"].append(_verification_gate(extra["verification"]))
+        results = envelope(model={**clf.describe(), "weights_sha256": weights_before},
+                           data={"spec": data_spec or data.name, "name": data.name, "n": len(data),
+                                 "num_classes": data.num_classes, "sha256": data_fingerprint(data)},
+                           config=asdict(cfg), summary=summary, sections=sections, **extra)
+        results = _write_results(results, out)
     if clf.weights_hash() != weights_before:
         raise ModelModifiedError(f"model {clf.name!r}: weights changed during the audit (results kept in {out})")
     return results
 
 
-def _resumed(path: Path, fingerprint: str) -> SectionResult | None:
-    """The section saved at ``path`` if its fingerprint matches (same model, data and config), else None."""
-    if not path.exists():
-        return None
+_UNIT_SECTIONS = ("robustness",)          # sections with finer resume units in OUT/sections/NAME/
+
+
+def _run_sections(clf: Classifier, data: Dataset, cfg: AuditConfig, out: Path, base: str, store: UnitStore,
+                  progress: Progress, say) -> dict[str, SectionResult]:
+    """Resume or compute each section; every computed section is saved (stamped) as soon as it finishes."""
+    sections: dict[str, SectionResult] = {}
+    clean_logits = None
+    store.reuse = cfg.resume
+    for name in cfg.sections:
+        sec_cfg = asdict(getattr(cfg, name)) if is_dataclass(getattr(cfg, name, None)) else {}
+        fp = digest(base, name, sec_cfg)
+        path = out / "sections" / f"{name}.json"
+        saved, why = _resumed(path, fp, name) if cfg.resume else (None, None)
+        notes = [f"section {name!r}: {path} {why}; recomputing it"] if why else []
+        for note in notes:
+            say(note)
+        if saved is not None:
+            sections[name] = saved
+            say(f"resumed section {name!r} from {path}")
+            continue
+        torch.manual_seed(cfg.seed)
+        if name == "clean" or clean_logits is None:       # the clean pass: its logits feed every section
+            sec, clean_logits = clean_section(clf, data, batch_size=cfg.batch_size, progress=progress)
+        if name != "clean":
+            store.resumed.clear()
+            store.discarded.clear()
+            inputs = SectionInputs(clf, data, clean_logits, cfg.batch_size, out, progress,
+                                   store=store if name in _UNIT_SECTIONS else None)
+            sec = SECTIONS.get(name).run(inputs, getattr(cfg, name))
+            if name in _UNIT_SECTIONS and store.resumed:
+                say(f"resumed {len(store.resumed)} attack run(s) of section {name!r} from {store.folder}: "
+                    f"{', '.join(store.resumed)}")
+        notes += store.discarded if name in _UNIT_SECTIONS else []
+        sec.flags += [Flag("resume-file-discarded", "warning", n, {"section": name}) for n in notes]
+        sec.config = {**sec.config, "fingerprint": fp}
+        sections[name] = sec
+        write_stamped(path, fp, sec.to_dict())
+    return sections
+
+
+def _resumed(path: Path, fingerprint: str, name: str) -> tuple[SectionResult | None, str | None]:
+    """``(section, None)`` if ``path`` holds section ``name`` with this fingerprint, intact; else ``(None, why)``."""
+    payload, why = read_stamped(path, fingerprint)
+    if payload is None:
+        return None, why
     try:
-        saved = json.loads(path.read_text())
-        if saved.get("fingerprint") == fingerprint:
-            return SectionResult.from_dict(saved["section"])
-    except (json.JSONDecodeError, KeyError, TypeError):
-        pass                              # unreadable: recompute
-    return None
+        sec = SectionResult.from_dict(payload)
+    except (TypeError, ValueError, AttributeError, KeyError):
+        return None, "does not hold a readable section"
+    if sec.name != name:
+        return None, f"holds section {sec.name!r}, not {name!r}"
+    return sec, None
+
+
+def _verify(clf: Classifier, data: Dataset, cfg: AuditConfig, store: UnitStore, sections: dict, say) -> dict:
+    """Re-run a ``cfg.verify`` share of the robustness section's per-image results (see ``docs/resume.md``)."""
+    store.reuse = True
+    if "robustness" not in sections:
+        say("verify: no robustness section, nothing to re-run")
+        return {"fraction": cfg.verify, "checked_batches": 0, "passed": True}
+    block = verify_units(cfg.robustness, clf, data, store, sections["robustness"].metrics,
+                         batch_size=cfg.batch_size, fraction=cfg.verify, seed=cfg.seed)
+    if block["passed"]:
+        say(f"verify: {block['checked_batches']} of {block['total_batches']} batches re-run "
+            f"({block['checked_images']} images): identical to the stored results")
+    else:
+        what = (block["mismatches"][:1] or block["assembly_mismatches"][:1] or block["missing_units"][:1])[0]
+        say(f"verification FAILED: {len(block['mismatches'])} re-run batch(es) differ, "
+            f"{len(block['assembly_mismatches'])} section value(s) disagree with the stored masks, "
+            f"{len(block['missing_units'])} unit(s) missing (first: {what}); see 'verification' in results.json")
+    return block
+
+
+def _verification_gate(block: dict) -> dict:
+    """The verification as a gate entry: a failed one makes the CLI exit 1 like a failed ``--fail-under``."""
+    checked = max(1, block.get("checked_batches", 0))
+    value = 1.0 - len(block.get("mismatches", [])) / checked
+    return {"gate": "--verify", "metric": "verified_batches", "op": ">=", "threshold": 1.0, "value": value,
+            "passed": bool(block["passed"])}
+
+
+def _write_results(results: dict, out: Path) -> dict:
+    """Write results.json (kept as is when only ``created`` would change) and re-render report.html
+    when the results digest recorded in it does not match."""
+    from .report import render_report
+    from .report.html import rendered_digest, results_digest
+    path = out / "results.json"
+    results, old = clean_json(results), None
+    with contextlib.suppress(OSError, ValueError):
+        old = json.loads(path.read_text(encoding="utf-8"))
+    if isinstance(old, dict) and {**old, "created": results["created"]} == results:
+        results = old                                     # a fully resumed run: nothing new to write
+    else:
+        write_json_atomic(path, results)
+    if rendered_digest(out / "report.html") != results_digest(results):
+        render_report(results, out)
+    return results
+
+
+def _sayer(console):
+    """A one-line printer to ``console`` (user strings never read as markup or emoji); silent without one."""
+    if console is None:
+        return lambda msg: None
+    return lambda msg: console.print(msg, markup=False, emoji=False, highlight=False, style="dim")

@@ -24,6 +24,7 @@ from ...results import SectionResult
 from .certify import CertifyConfig, certify_section
 from .clean import clean_section
 from .explain import ExplainConfig, explain_section
+from .patch import PatchConfig, patch_section
 from .robustness import RobustnessConfig, robustness_section
 from .uap import UAPConfig, uap_section
 
@@ -42,6 +43,7 @@ class SectionInputs:
     batch_size: int
     out_dir: Path
     progress: Progress | None = None
+    store: Any = None                   # robustness resume units (trustvision.resume.UnitStore) or None
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,7 @@ SECTIONS: Registry[Section] = Registry("section")
 
 def _robustness(i: SectionInputs, cfg: RobustnessConfig) -> SectionResult:
     return robustness_section(i.classifier, i.data, i.clean_logits, cfg, batch_size=i.batch_size, out_dir=i.out_dir,
-                              progress=i.progress)
+                              progress=i.progress, store=i.store)
 
 
 def _explain(i: SectionInputs, cfg: ExplainConfig) -> SectionResult:
@@ -79,11 +81,17 @@ def _uap(i: SectionInputs, cfg: UAPConfig) -> SectionResult:
                        progress=i.progress)
 
 
+def _patch(i: SectionInputs, cfg: PatchConfig) -> SectionResult:
+    return patch_section(i.classifier, i.data, i.clean_logits, cfg, batch_size=i.batch_size, out_dir=i.out_dir,
+                         progress=i.progress)
+
+
 SECTIONS.add("clean", Section(None, None, default=True), help="clean accuracy, per-class accuracy, output checks")
 SECTIONS.add("robustness", Section(RobustnessConfig, _robustness, default=True),
              help="robust accuracy vs budget per attack, worst case, soundness flags")
 SECTIONS.add("explain", Section(ExplainConfig, _explain), help="CAMs, faithfulness, attention clusters and shift")
 SECTIONS.add("certify", Section(CertifyConfig, _certify), help="certified L2 accuracy by randomized smoothing")
 SECTIONS.add("uap", Section(UAPConfig, _uap), help="universal adversarial perturbation vs random controls")
+SECTIONS.add("patch", Section(PatchConfig, _patch), help="universal adversarial patch on held-out images vs controls")
 
 __all__ = ["SECTIONS", "Section", "SectionInputs", "clean_section"]

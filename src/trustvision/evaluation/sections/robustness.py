@@ -11,7 +11,8 @@ presets of :mod:`trustvision.attacks.presets`.  The black-box presets ``pixel``
 (L0; budgets ``eps_l0`` count pixels) and ``threshold`` (L∞) are opt-in, being
 too slow for the default list.
 Soundness checks from :mod:`.soundness` run alongside and their flags travel
-with the numbers.
+with the numbers.  Each attack run (per budget for fixed-budget attacks) is a
+resume unit (:mod:`.robustness_units`), saved as it finishes when a store is given.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from torch import Tensor
 
 from ...attacks import PGD
 from ...attacks.presets import PRESETS
-from ...attacks.runner import BudgetSweep, run_batched, sweep_budgets
+from ...attacks.runner import BudgetSweep, run_batched
 from ...data.dataset import Dataset
 from ...errors import TrustVisionError
 from ...models.classifier import Classifier
@@ -33,6 +34,7 @@ from ...progress import Progress, Quiet
 from ...results import Figure, SectionResult, Table
 from . import adaptive as adaptive_eval
 from .. import soundness
+from .robustness_units import Store, attack_sweeps
 
 BUDGET_NORMS = ("linf", "l2", "l0")     # the norms with a budget list eps_<norm> in RobustnessConfig
 
@@ -153,25 +155,23 @@ def _checks(cfg: RobustnessConfig, clf: Classifier, data: Dataset, correct: Tens
 
 
 def robustness_section(clf: Classifier, data: Dataset, clean_logits: Tensor, cfg: RobustnessConfig | None = None, *,
-                       out_dir: Path | None = None, batch_size: int = 128,
-                       progress: Progress | None = None) -> SectionResult:
+                       out_dir: Path | None = None, batch_size: int = 128, progress: Progress | None = None,
+                       store: Store | None = None) -> SectionResult:
     """Robust accuracy curves, worst case, examples and soundness flags.
 
     Args:
         clf: the classifier.  data: images (N, C, H, W) and labels (N,) (CPU tensors).
         clean_logits: (N, K) logits from the clean section (avoids recomputing).
         out_dir: where figures and ``adversarial_examples.npz`` go (no files when None).
+        store: persists each attack run as it finishes and resumes finished ones
+            (:mod:`.robustness_units`; None: no persistence).
     """
     from ...report import figures
     cfg = cfg or RobustnessConfig()
     progress = progress or Quiet()
     t0 = time.perf_counter()
     correct = clean_logits.argmax(1) == data.y
-    runs = []
-    for name in cfg.attacks:
-        attack = cfg.build(name)
-        runs.append(sweep_budgets(attack, clf, data.x, data.y, cfg.budgets(attack.norm), attacked=correct,
-                                  batch_size=batch_size, n_examples=cfg.n_examples, progress=progress, name=name))
+    runs = attack_sweeps(cfg, clf, data, correct, batch_size=batch_size, progress=progress, store=store)
     adaptive_tables, adaptive_flags, adaptive_metrics = adaptive_eval.run_adaptive(
         cfg, clf, data, correct, runs, batch_size, progress)
     curves_by_norm, worst_by_norm = {}, {}
