@@ -1,0 +1,174 @@
+"""PatchCore, the attack on the inspector, the anomaly section and the ``trustvision anomaly`` command.
+
+Cross-checks: the greedy coreset and the chunked nearest-neighbour search against brute-force NumPy
+references written here; PatchCore on its own training patches (coreset ratio 1) scores exactly 0.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from trustvision.anomaly.attack import DetectorPGD, attack_curves, operating_threshold
+from trustvision.anomaly.backbone import DEMO_LAYERS, Backbone, load_backbone
+from trustvision.anomaly.base import load_detector, save_detector
+from trustvision.anomaly.patchcore import PatchCore, greedy_coreset, nearest
+from trustvision.cli.app import app
+from trustvision.errors import TrustVisionError
+from trustvision.models.zoo.paper import resnet
+
+
+def _reference_coreset(x: np.ndarray, n: int, start: int) -> list[int]:
+    """k-center greedy, written plainly: repeatedly take the point farthest from everything chosen."""
+    chosen = [start]
+    for _ in range(n - 1):
+        d = np.array([min(np.sum((x[i] - x[j]) ** 2) for j in chosen) for i in range(len(x))])
+        chosen.append(int(np.argmax(d)))
+    return chosen
+
+
+@pytest.fixture(scope="module")
+def backbone() -> Backbone:
+    torch.manual_seed(0)
+    return Backbone(resnet(10, 3, 8), DEMO_LAYERS, name="random resnet-8")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """Smooth normal images (8, 3, 32, 32) and four of them with a bright square planted (defective)."""
+    g = torch.Generator().manual_seed(0)
+    normal = torch.nn.functional.avg_pool2d(torch.rand(8, 3, 36, 36, generator=g), 5, stride=1) * 0.5 + 0.25
+    test = normal[:4].clone()
+    test[:, :, 4:9, 4:9] = 1.0
+    return normal, test
+
+
+def test_greedy_coreset_matches_brute_force():
+    x = torch.randn(60, 5, generator=torch.Generator().manual_seed(1))
+    got = greedy_coreset(x, 12, projection_dim=None, seed=3).tolist()
+    start = int(torch.randint(60, (1,), generator=torch.Generator().manual_seed(3)))
+    assert got == _reference_coreset(x.double().numpy(), 12, start)
+    assert len(set(got)) == 12
+
+
+def test_greedy_coreset_projection_keeps_coverage():
+    x = torch.randn(400, 256, generator=torch.Generator().manual_seed(2))
+    idx = greedy_coreset(x, 40, projection_dim=64, seed=0)
+    assert len(set(idx.tolist())) == 40
+    radius = nearest(x, x[idx])[0].max()
+    rand = nearest(x, x[torch.randperm(400, generator=torch.Generator().manual_seed(0))[:40]])[0].max()
+    assert radius <= rand * 1.05          # k-center greedy covers no worse than a random subset
+
+
+def test_nearest_chunked_matches_brute_force():
+    g = torch.Generator().manual_seed(4)
+    q, bank = torch.randn(37, 6, generator=g), torch.randn(23, 6, generator=g)
+    d, i = nearest(q, bank, chunk=50)                     # forces many chunks
+    full = np.sqrt(((q.numpy()[:, None] - bank.numpy()[None]) ** 2).sum(-1))
+    np.testing.assert_allclose(d.numpy(), full.min(1), rtol=1e-4, atol=1e-5)
+    assert i.tolist() == full.argmin(1).tolist()
+
+
+def test_patchcore_maps_shapes_and_self_score(backbone, tiny):
+    normal, test = tiny
+    pc = PatchCore(backbone, coreset_ratio=1.0, sigma=1.0).fit(normal)
+    h = normal.shape[-1] // 2                             # layers.1 has stride 2
+    assert pc.memory_bank.shape == (8 * h * h, 16 + 32)      # stages 2w + 4w
+    own = pc.score(normal)
+    assert own.maps.shape == (8, 32, 32) and own.scores.shape == (8,)
+    assert float(own.scores.max()) < 1e-3                 # every training patch is in the bank
+    res = pc.score(test)
+    assert float(res.scores.min()) > 10 * float(own.scores.max()) + 1e-3
+    inside, outside = res.maps[:, 4:9, 4:9].mean(), res.maps[:, 22:, 22:].mean()
+    assert inside > 2 * outside                           # the map points at the planted square
+
+
+def test_patchcore_coreset_size_state_roundtrip_and_reweight(backbone, tiny, tmp_path):
+    normal, test = tiny
+    pc = PatchCore(backbone, coreset_ratio=0.1, grid="deep").fit(normal)
+    assert len(pc.memory_bank) == round(0.1 * 8 * 8 * 8)
+    save_detector(pc, tmp_path / "pc.safetensors")
+    again = load_detector(PatchCore(backbone, coreset_ratio=0.1, grid="deep"), tmp_path / "pc.safetensors")
+    torch.testing.assert_close(again.score(test).scores, pc.score(test).scores)
+    pc.reweight = True
+    w = pc.score(test).scores
+    pc.reweight = False
+    assert bool(((w >= 0) & (w <= pc.score(test).scores + 1e-6)).all())
+    with pytest.raises(TrustVisionError, match="fit"):
+        PatchCore(backbone).score(test)
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 4 / 255), ("l2", 0.5)])
+def test_attack_respects_budget_and_moves_scores(backbone, tiny, norm, eps):
+    normal, test = tiny
+    pc = PatchCore(backbone, coreset_ratio=0.5, sigma=1.0).fit(normal)
+    clean_def, clean_norm = pc.score(test).scores, pc.score(normal).scores
+    atk = DetectorPGD(eps=eps, norm=norm, steps=10, seed=0)
+    x_miss, s_miss, zero = atk.run(pc, test, "miss")
+    x_fa, s_fa, _ = atk.run(pc, normal, "false_alarm")
+    for x0, xa in ((test, x_miss), (normal, x_fa)):
+        d = (xa - x0).flatten(1)
+        size = d.abs().amax(1) if norm == "linf" else d.norm(dim=1)
+        assert bool((size <= eps).all()) and bool(((xa >= 0) & (xa <= 1)).all())
+    assert not zero.any()
+    assert float(s_miss.mean()) < 0.9 * float(clean_def.mean())          # defects pushed down
+    assert float(s_fa.mean()) > float(clean_norm.mean()) + 0.1 * float(clean_def.mean())   # normals pushed up
+
+
+def test_attack_curves_budget_zero_is_clean(backbone, tiny):
+    normal, test = tiny
+    pc = PatchCore(backbone, coreset_ratio=0.5).fit(normal[:6])
+    thr = operating_threshold(pc.score(normal[6:]).scores, 0.5)
+    c = attack_curves(pc, normal, test, thr, [0.0, 8 / 255], steps=3)
+    clean_def, clean_norm = pc.score(test).scores, pc.score(normal).scores
+    assert c["miss_rate"][0] == pytest.approx(float((clean_def < thr).float().mean()))
+    assert c["false_alarm_rate"][0] == pytest.approx(float((clean_norm >= thr).float().mean()))
+    assert c["image_auroc"][1] <= c["image_auroc"][0] + 1e-9
+    assert c["false_alarm_rate"][1] >= c["false_alarm_rate"][0]
+
+
+def test_backbone_bad_input(tmp_path):
+    with pytest.raises(TrustVisionError, match="--backbone-weights .*no such file"):
+        load_backbone("torchvision:resnet18", tmp_path / "missing.safetensors")
+    with pytest.raises(TrustVisionError, match="--backbone 'foo'"):
+        load_backbone("foo")
+    with pytest.raises(TrustVisionError, match="no layer 'nope'"):
+        load_backbone("trustvision:resnet", layers=("nope",))
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--data", "/nonexistent/mvtec"], "/nonexistent/mvtec"),
+    (["--data", "bundled:textures", "--method", "magic"], "--method 'magic'"),
+    (["--data", "bundled:textures", "--eps-linf", "a,b"], "--eps-linf"),
+    (["--data", "bundled:textures", "--method", "patchcore", "--backbone", "torchvision:resnet18",
+      "--backbone-weights", "/nonexistent/w.safetensors"], "no such file"),
+])
+def test_cli_bad_input_one_line_exit_2(tmp_path, args, match):
+    res = CliRunner().invoke(app, ["anomaly", "--out", str(tmp_path / "o"), *args])
+    assert res.exit_code == 2, res.output
+    err = res.stderr if hasattr(res, "stderr") else res.output
+    assert match in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_cli_end_to_end_and_resume(tmp_path):
+    out = tmp_path / "o"
+    args = ["anomaly", "--data", "bundled:textures:brick", "--out", str(out), "--method", "patchcore",
+            "--backbone", "trustvision:resnet", "--eps-linf", "0,4/255", "--attack-steps", "2", "--size", "32"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    r = json.loads((out / "results.json").read_text())
+    m = r["sections"]["anomaly"]["metrics"]["patchcore"]
+    for key in ("image_auroc", "pixel_auroc", "aupro", "f1_max", "per_defect", "attack"):
+        assert key in m
+    assert 0.5 < m["image_auroc"] <= 1 and len(m["per_defect"]) == 4
+    codes = {f["code"] for f in r["sections"]["anomaly"]["flags"]}
+    assert {"synthetic-data", "random-backbone"} <= codes
+    assert list((out / "models").glob("patchcore-*.safetensors"))
+    html = (out / "report.html").read_text()
+    assert "anomaly" in html.lower() and "synthetic" in html and html.count("data:image/png") >= 4
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0 and "resumed section 'anomaly'" in again.output
