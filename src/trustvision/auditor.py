@@ -25,6 +25,7 @@ from .data.dataset import Dataset
 from .errors import ModelModifiedError, TrustVisionError
 from .evaluation.sections import SECTIONS, SectionInputs, clean_section
 from .evaluation.sections.certify import CertifyConfig
+from .evaluation.sections.corruptions import CorruptionsConfig
 from .evaluation.sections.explain import ExplainConfig
 from .evaluation.sections.patch import PatchConfig
 from .evaluation.sections.robustness import RobustnessConfig
@@ -53,6 +54,7 @@ class AuditConfig:
     certify: CertifyConfig = field(default_factory=CertifyConfig)
     uap: UAPConfig = field(default_factory=UAPConfig)
     patch: PatchConfig = field(default_factory=PatchConfig)
+    corruptions: CorruptionsConfig = field(default_factory=CorruptionsConfig)
     gates: list[str] = field(default_factory=list)
     resume: bool = True
     verify: float = 0.0            # share of finished per-image results re-run and compared (docs/resume.md)
@@ -100,7 +102,8 @@ _GATE = re.compile(r"^\s*([A-Za-z_][\w.]*(?:@[\w./]+)?)\s*=\s*([-+0-9.eE/]+)\s*$
 def summary_metrics(sections: dict[str, SectionResult]) -> dict[str, float]:
     """Flat metrics for the terminal, the report header and ``--fail-under`` gates.
 
-    Keys: ``clean_accuracy`` and ``robust_accuracy_<norm>@<eps>`` (worst case across attacks).
+    Keys: ``clean_accuracy`` and ``robust_accuracy_<norm>@<eps>`` (worst case across attacks); with ``--eot``,
+    ``robust_accuracy_eot_<norm>@<eps>`` (worst case under freshly drawn transformations).
     """
     out: dict[str, float] = {}
     if "clean" in sections:
@@ -110,6 +113,14 @@ def summary_metrics(sections: dict[str, SectionResult]) -> dict[str, float]:
             for eps, acc in curve.items():
                 if float(eps) > 0:
                     out[f"robust_accuracy_{norm}@{float(eps):.6g}"] = acc
+        eot = sections["robustness"].metrics.get("eot", {}).get("robust_accuracy_eot", {})
+        for norm, curve in eot.items():                 # --eot: worst case under fresh transformations
+            for eps, acc in curve.items():
+                if float(eps) > 0:
+                    out[f"robust_accuracy_eot_{norm}@{float(eps):.6g}"] = acc
+    if "corruptions" in sections:                       # mean over corruptions x severities; mCE with a baseline
+        m = sections["corruptions"].metrics
+        out.update({k: m[k] for k in ("mean_corruption_accuracy", "mce", "relative_mce") if k in m})
     if "certify" in sections:
         for r, acc in sections["certify"].metrics.get("certified_accuracy", {}).items():
             out[f"certified_accuracy@{float(r):.6g}"] = acc
@@ -156,7 +167,7 @@ def fingerprint_base(clf: Classifier, data: Dataset, cfg: AuditConfig, weights: 
 
 
 def audit(clf: Classifier, data: Dataset, config: AuditConfig | None = None, out_dir: str | Path = "trustvision-out",
-          *, data_spec: str = "", progress: Progress | None = None, console=None) -> dict:
+          *, data_spec: str = "", progress: Progress | None = None, console=None, trust_code: bool = False) -> dict:
     """Run the configured sections and write ``results.json`` and ``report.html`` into ``out_dir``.
 
     ``data``: images (N, C, H, W) in [0, 1] and labels (N,); ``config.n_images`` of them are sampled with
@@ -179,7 +190,7 @@ def audit(clf: Classifier, data: Dataset, config: AuditConfig | None = None, out
     with output_lock(out, say):
         prepare_output(out, cfg.sections, [n for n in _UNIT_SECTIONS if n in cfg.sections], say)
         store = UnitStore(out / "sections" / "robustness", digest(base, "robustness-units"), say)
-        sections = _run_sections(clf, data, cfg, out, base, store, progress or Quiet(), say)
+        sections = _run_sections(clf, data, cfg, out, base, store, progress or Quiet(), say, trust_code=trust_code)
         summary = summary_metrics(sections)
         extra = {"gates": evaluate_gates(cfg.gates, summary)}
         if cfg.verify > 0:
@@ -199,7 +210,7 @@ _UNIT_SECTIONS = ("robustness",)          # sections with finer resume units in 
 
 
 def _run_sections(clf: Classifier, data: Dataset, cfg: AuditConfig, out: Path, base: str, store: UnitStore,
-                  progress: Progress, say) -> dict[str, SectionResult]:
+                  progress: Progress, say, trust_code: bool = False) -> dict[str, SectionResult]:
     """Resume or compute each section; every computed section is saved (stamped) as soon as it finishes."""
     sections: dict[str, SectionResult] = {}
     clean_logits = None
@@ -223,7 +234,7 @@ def _run_sections(clf: Classifier, data: Dataset, cfg: AuditConfig, out: Path, b
             store.resumed.clear()
             store.discarded.clear()
             inputs = SectionInputs(clf, data, clean_logits, cfg.batch_size, out, progress,
-                                   store=store if name in _UNIT_SECTIONS else None)
+                                   store=store if name in _UNIT_SECTIONS else None, trust_code=trust_code)
             sec = SECTIONS.get(name).run(inputs, getattr(cfg, name))
             if name in _UNIT_SECTIONS and store.resumed:
                 say(f"resumed {len(store.resumed)} attack run(s) of section {name!r} from {store.folder}: "

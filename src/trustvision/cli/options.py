@@ -1,6 +1,11 @@
 """Options shared by the commands, declared once: the model-loading group (:class:`ModelArgs`), the data
 (:class:`DataArgs`), the common flags (``--out``, ``--seed``, ``--batch-size``...) and their parsers.
 
+:func:`checked` (applied when a command is registered) validates what every command shares before any
+work: ``--out`` must not be an existing file, and counts (``--n``, ``--batch-size``...) must be >= 1.
+The consent flags ``--trust-code`` / ``--trust-pickle`` exist only here, on the command line: no config
+file key can grant them.
+
 Typer reads options from a command's signature.  A command takes the 14 model-loading options as ONE
 parameter annotated :class:`ModelArgs`; :func:`option_groups` (applied when the command is registered)
 expands it into the group's fields for Typer and rebuilds the :class:`ModelArgs` when the command runs::
@@ -20,6 +25,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Callable, ClassVar, Optional, 
 import typer
 
 from ..errors import TrustVisionError
+from ..data.images import MAX_PIXELS
 from ..parsing import parse_numbers
 
 if TYPE_CHECKING:
@@ -28,10 +34,13 @@ if TYPE_CHECKING:
 
 # ---------------------------------------------------------------- option types (flag names, help, once)
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="torchvision:NAME | timm:NAME | trustvision:NAME | "
-                                       "file.safetensors/.pt/.pth (+--arch) | file.ts | file.onnx | module.py:factory")]
+                                       "file.safetensors/.pt/.pth (+--arch) | file.ts | file.onnx | module.py:factory "
+                                       "(runs that file: needs --trust-code)")]
 DataOpt = Annotated[str, typer.Option("--data", "-d", help="class folder | file.npz (x, y) | mnist | digits")]
+MaxPixelsOpt = Annotated[int, typer.Option("--max-pixels", help="refuse images with more pixels than this")]
 WeightsOpt = Annotated[Optional[str], typer.Option(help="state-dict file for an architecture spec")]
-ArchOpt = Annotated[Optional[str], typer.Option(help="architecture for a state-dict file, e.g. torchvision:resnet18")]
+ArchOpt = Annotated[Optional[str], typer.Option(help="architecture for a state-dict file, e.g. torchvision:resnet18 "
+                                                  "(module.py:factory runs that file: needs --trust-code)")]
 ClassesOpt = Annotated[Optional[int], typer.Option("--num-classes", help="number of classes (inferred if omitted)")]
 ChannelsOpt = Annotated[Optional[int], typer.Option(help="input channels the model takes (default 3, or inferred)")]
 SizeOpt = Annotated[Optional[str], typer.Option("--input-size", help="model input size HxW, e.g. 224x224")]
@@ -39,15 +48,25 @@ MeanOpt = Annotated[Optional[str], typer.Option(help="per-channel mean, e.g. 0.4
 StdOpt = Annotated[Optional[str], typer.Option(help="per-channel std, e.g. 0.229,0.224,0.225")]
 LabelsOpt = Annotated[Optional[str], typer.Option(help="class names: comma list or a text file, one per line")]
 PickleOpt = Annotated[bool, typer.Option("--trust-pickle", help="allow loading a pickled full model (runs code!)")]
+TrustCodeOpt = Annotated[bool, typer.Option("--trust-code", help="allow running a module.py:factory spec "
+                                            "(runs that file!)")]
 DeviceOpt = Annotated[str, typer.Option(help="cpu | cuda | cuda:1 | mps")]
 PrecisionOpt = Annotated[str, typer.Option(help="fp32 | bf16 (autocast)")]
 CLOpt = Annotated[bool, typer.Option("--channels-last", help="channels-last memory format")]
 CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the model")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", help="images per device batch")]
 SeedOpt = Annotated[int, typer.Option(help="seed for sampling and random starts")]
+# options that override a config file only when given (None: the file's value, else the dataclass default)
+MaybeBatchOpt = Annotated[Optional[int], typer.Option("--batch-size", help="images per device batch "
+                                                      "(default: the config's, else 128)")]
+MaybeSeedOpt = Annotated[Optional[int], typer.Option(help="seed for sampling and random starts "
+                                                     "(default: the config's, else 0)")]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="output folder")]
 FailUnderOpt = Annotated[Optional[list[str]], typer.Option("--fail-under", help="METRIC=VALUE gate")]
 NoResumeOpt = Annotated[bool, typer.Option("--no-resume", help="recompute finished sections")]
+
+# integer options that must be >= 1 when given, checked by :func:`checked` with the flag named
+AT_LEAST_ONE = ("n", "n0", "n_source", "images", "batch_size", "max_passes", "attack_images")
 
 
 # ---------------------------------------------------------------- parsers
@@ -89,6 +108,7 @@ class ModelArgs:
     std: StdOpt = None
     labels: LabelsOpt = None
     trust_pickle: PickleOpt = False
+    trust_code: TrustCodeOpt = False
     device: DeviceOpt = "cpu"
     precision: PrecisionOpt = "fp32"
     channels_last: CLOpt = False
@@ -100,22 +120,25 @@ class ModelArgs:
         return load_model(self.model, weights=self.weights, arch=self.arch, num_classes=self.num_classes,
                           channels=self.channels, input_size=parse_size(self.input_size),
                           mean=parse_numbers(self.mean, "--mean"), std=parse_numbers(self.std, "--std"),
-                          labels=parse_labels(self.labels), trust_pickle=self.trust_pickle, device=self.device,
+                          labels=parse_labels(self.labels), trust_pickle=self.trust_pickle,
+                          trust_code=self.trust_code, device=self.device,
                           precision=self.precision, channels_last=self.channels_last, compile=self.compile)
 
 
 @dataclass(frozen=True)
 class DataArgs:
-    """The images a command evaluates: a data spec (``--data``/``--eval``), optionally a seeded sample of ``n``."""
+    """The images a command evaluates: a data spec (``--data``/``--eval``), optionally a seeded sample of ``n``;
+    images above ``max_pixels`` pixels (``--max-pixels``) are refused."""
 
     spec: str
     n: int | None = None
     seed: int = 0
+    max_pixels: int | None = MAX_PIXELS
 
     def load(self, classifier: "Classifier") -> "Dataset":
         """Images (N, C, H, W) in [0, 1] fitted to ``classifier`` (size, channels, classes); ``n`` of them if set."""
         from ..data import load_dataset
-        data = load_dataset(self.spec, size=classifier.input_size)
+        data = load_dataset(self.spec, size=classifier.input_size, max_pixels=self.max_pixels)
         return data.conform(classifier.channels, classifier.num_classes).sample(self.n, self.seed)
 
 
@@ -151,4 +174,30 @@ def option_groups(command: Callable[..., Any]) -> Callable[..., Any]:
 
     run.__signature__ = inspect.Signature(params)              # type: ignore[attr-defined]
     run.__annotations__ = {p.name: p.annotation for p in params}
+    return run
+
+
+def check_out(out: Path | None) -> None:
+    """Refuse an ``--out`` that is (or lies inside) an existing file, before any work is done."""
+    if out is None:
+        return
+    for p in (out, *out.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "is an existing file" if p == out else f"lies inside {str(p)!r}, an existing file"
+                raise TrustVisionError(f"--out {str(out)!r} {what}, not a folder; choose another --out")
+            return
+
+
+def checked(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Validate the options every command shares before it runs: ``--out`` (:func:`check_out`) and the
+    counts of :data:`AT_LEAST_ONE` (``--n``, ``--batch-size``...), each a one-line error naming its flag."""
+    @wraps(command)
+    def run(**kwargs: Any) -> Any:
+        check_out(kwargs.get("out"))
+        for name in AT_LEAST_ONE:
+            value = kwargs.get(name)
+            if isinstance(value, int) and value < 1:
+                raise TrustVisionError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        return command(**kwargs)
     return run

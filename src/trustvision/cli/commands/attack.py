@@ -11,7 +11,7 @@ import typer
 
 from ...errors import TrustVisionError
 from ..console import console
-from ..options import BatchOpt, DataArgs, DataOpt, ModelArgs, OutOpt, SeedOpt
+from ..options import MAX_PIXELS, BatchOpt, DataArgs, DataOpt, MaxPixelsOpt, ModelArgs, OutOpt, SeedOpt
 
 if TYPE_CHECKING:
     from ...data import Dataset
@@ -25,11 +25,11 @@ def attack(name: Annotated[str, typer.Argument(help="fgsm | pgd | cw | deepfool"
            steps: Annotated[Optional[int], typer.Option(help="iterations")] = None,
            target: Annotated[Optional[int], typer.Option(help="target class (targeted attack)")] = None,
            batch_size: BatchOpt = 128, n: Annotated[int, typer.Option("--n", help="images to attack")] = 64,
-           seed: SeedOpt = 0) -> None:
+           seed: SeedOpt = 0, max_pixels: MaxPixelsOpt = MAX_PIXELS) -> None:
     """Run one attack; save adversarial examples (.npz) and a PNG grid (original | adversarial | perturbation)."""
     classifier = model.load()
     opts = {k: v for k, v in {"eps": eps, "norm": norm, "steps": steps, "seed": seed}.items() if v is not None}
-    ds = DataArgs(data, n=n, seed=seed).load(classifier)
+    ds = DataArgs(data, n=n, seed=seed, max_pixels=max_pixels).load(classifier)
     summary = run_single_attack(name, opts, classifier, ds, out, target=target, batch_size=batch_size)
     console.print(summary)
 

@@ -1,7 +1,8 @@
 """``trustvision audit``: audit a model on a dataset (clean accuracy, robustness curves, soundness flags, report).
 
 The configuration is built once from ``--config audit.toml`` (optional) and the options, which override
-the file: :meth:`AuditConfig.from_toml` and :func:`dataclasses.replace` (never mutated afterwards).
+the file only when given: :meth:`AuditConfig.from_toml` and :func:`dataclasses.replace` (never mutated
+afterwards).  It is built and validated before the model and the data are loaded.
 """
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
+from ...errors import TrustVisionError
 from ...parsing import parse_numbers
 from ..console import run_audit
-from ..options import BatchOpt, DataArgs, DataOpt, FailUnderOpt, ModelArgs, NoResumeOpt, OutOpt, SeedOpt
+from ..options import (MAX_PIXELS, DataArgs, DataOpt, FailUnderOpt, MaxPixelsOpt, MaybeBatchOpt, MaybeSeedOpt, ModelArgs,
+                       NoResumeOpt, OutOpt)
 
 if TYPE_CHECKING:
     from ...auditor import AuditConfig
@@ -21,43 +24,73 @@ if TYPE_CHECKING:
 
 def audit(model: ModelArgs, data: DataOpt, out: OutOpt = Path("trustvision-out"),
           config: Annotated[Optional[Path], typer.Option(help="audit.toml")] = None,
-          batch_size: BatchOpt = 128, n: Annotated[Optional[int], typer.Option("--n", help="images to audit")] = None,
-          seed: SeedOpt = 0,
+          batch_size: MaybeBatchOpt = None,
+          n: Annotated[Optional[int], typer.Option("--n", help="images to audit (default: the config's, else 500)")]
+          = None,
+          seed: MaybeSeedOpt = None,
           attacks: Annotated[Optional[str], typer.Option(help="comma list: fgsm,pgd,pgd-l2,cw,deepfool,...")] = None,
           eps_linf: Annotated[Optional[str], typer.Option(help="L-inf budgets, e.g. 0,2/255,4/255,8/255")] = None,
           eps_l2: Annotated[Optional[str], typer.Option(help="L2 budgets, e.g. 0,0.25,0.5,1")] = None,
           defense: Annotated[Optional[str], typer.Option(
               help="audit the model behind an input transformation: jpeg:75 | bitdepth:3 | median:3 | "
                    "resize-pad:0.8 (adaptive BPDA/EOT evaluation is automatic)")] = None,
-          fail_under: FailUnderOpt = None, no_resume: NoResumeOpt = False) -> None:
+          eot: Annotated[Optional[str], typer.Option(
+              help="also judge the gradient attacks under physical transforms, re-run with EOT: e.g. "
+                   "rotate:15,scale:0.9-1.1,translate:0.1,brightness:0.2,contrast:0.2,blur:1.5,noise:0.03,jpeg:60-90")]
+          = None,
+          eot_samples: Annotated[Optional[int], typer.Option(help="transform draws per EOT forward pass (16)")] = None,
+          fail_under: FailUnderOpt = None, no_resume: NoResumeOpt = False,
+          max_pixels: MaxPixelsOpt = MAX_PIXELS,
+          verify: Annotated[bool, typer.Option("--verify", help="after a resumed audit, re-run a random tenth of the "
+                                               "per-image results; exit 1 if they differ (docs/resume.md)")] = False,
+          ) -> None:
     """Audit your model on your data: clean accuracy, robustness curves, soundness flags, report."""
+    cfg = audit_config(config, batch_size=batch_size, n=n, seed=seed, resume=not no_resume, gates=fail_under,
+                       attacks=attacks, eps_linf=eps_linf, eps_l2=eps_l2, verify=0.1 if verify else None,
+                       eot=eot, eot_samples=eot_samples)
     classifier = model.load()
     if defense:
         from ...defenses.transforms import defend
         classifier = defend(classifier, defense)
-    ds = DataArgs(data).load(classifier)      # the audit samples --n of them with --seed
-    cfg = audit_config(config, batch_size=batch_size, n=n, seed=seed, resume=not no_resume, gates=fail_under,
-                       attacks=attacks, eps_linf=eps_linf, eps_l2=eps_l2)
-    raise typer.Exit(run_audit(classifier, ds, cfg, out, data))
+    ds = DataArgs(data, max_pixels=max_pixels).load(classifier)      # the audit samples n_images with the seed
+    raise typer.Exit(run_audit(classifier, ds, cfg, out, data, trust_code=model.trust_code))
 
 
-def audit_config(toml: Path | None, *, batch_size: int, n: int | None, seed: int, resume: bool,
+def audit_config(toml: Path | None, *, batch_size: int | None, n: int | None, seed: int | None, resume: bool,
                  gates: list[str] | None, attacks: str | None, eps_linf: str | None,
-                 eps_l2: str | None) -> "AuditConfig":
+                 eps_l2: str | None, verify: float | None = None, eot: str | None = None,
+                 eot_samples: int | None = None) -> "AuditConfig":
     """The audit's configuration: ``toml`` (or the defaults) overridden by the options that were given.
 
-    ``--batch-size``, ``--seed`` (also the robustness section's) and ``--no-resume`` always apply;
-    ``--n``, ``--fail-under``, ``--attacks`` and the budgets only when given.
+    An option overrides the file only when given (not None): ``--batch-size``, ``--n``, ``--seed`` (also the
+    robustness section's), ``--fail-under``, ``--attacks``, the budgets; ``resume=False`` (``--no-resume``)
+    overrides the file's ``resume``.  Errors in the file are one line naming the file and the key.
     """
     from ... import AuditConfig
-    top = {"batch_size": batch_size, "seed": seed, "resume": resume, "n_images": n,
+    for flag, value in (("--batch-size", batch_size), ("--n", n)):
+        if value is not None and value < 1:
+            raise TrustVisionError(f"{flag} must be >= 1, got {value}")
+    top = {"batch_size": batch_size, "seed": seed, "resume": None if resume else False, "n_images": n,
            "gates": list(gates) if gates else None}
-    cfg = AuditConfig.from_toml(toml, **top) if toml else AuditConfig(**{k: v for k, v in top.items() if v is not None})
-    rob: dict = {"seed": seed}
+    top["verify"] = verify                               # --verify: 0.1 (AuditConfig.verify), None: the file's
+    if toml:
+        try:
+            cfg = AuditConfig.from_toml(toml, **top)
+        except TrustVisionError as e:           # name the file once, whichever check failed
+            raise TrustVisionError(str(e) if str(e).startswith(f"{toml}:") else f"{toml}: {e}") from None
+    else:
+        cfg = AuditConfig(**{k: v for k, v in top.items() if v is not None})
+    rob: dict = {} if seed is None else {"seed": seed}
     if attacks:
         rob["attacks"] = [a.strip() for a in attacks.split(",") if a.strip()]
     for key, text in (("eps_linf", eps_linf), ("eps_l2", eps_l2)):
         budgets = parse_numbers(text, f"--{key.replace('_', '-')}")
         if budgets:
             rob[key] = budgets
+    if eot is not None:                                  # --eot SPEC, --eot-samples K (docs/physical.md)
+        rob["eot"] = eot
+    if eot_samples is not None:
+        if eot_samples < 1:
+            raise TrustVisionError(f"--eot-samples must be >= 1, got {eot_samples}")
+        rob["eot_samples"] = eot_samples
     return replace(cfg, robustness=replace(cfg.robustness, **rob))

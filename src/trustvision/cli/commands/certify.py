@@ -13,7 +13,7 @@ import typer
 from ...errors import TrustVisionError
 from ...parsing import parse_numbers
 from ..console import console, run_audit
-from ..options import DataArgs, DataOpt, ModelArgs, NoResumeOpt, OutOpt, SeedOpt
+from ..options import MAX_PIXELS, DataArgs, DataOpt, MaxPixelsOpt, ModelArgs, NoResumeOpt, OutOpt, SeedOpt
 
 
 def certify(model: ModelArgs, data: DataOpt, out: OutOpt = Path("trustvision-certify"),
@@ -27,7 +27,7 @@ def certify(model: ModelArgs, data: DataOpt, out: OutOpt = Path("trustvision-cer
             seed: SeedOpt = 0,
             fail_under: Annotated[Optional[list[str]], typer.Option(
                 "--fail-under", help="METRIC=VALUE gate, e.g. certified_accuracy@0.5=0.6")] = None,
-            no_resume: NoResumeOpt = False) -> None:
+            no_resume: NoResumeOpt = False, max_pixels: MaxPixelsOpt = MAX_PIXELS) -> None:
     """Certify the Gaussian-smoothed model: certified accuracy vs L2 radius, abstentions, per-image radius."""
     from ... import AuditConfig
     from ...evaluation.sections.certify import CertifyConfig
@@ -36,9 +36,9 @@ def certify(model: ModelArgs, data: DataOpt, out: OutOpt = Path("trustvision-cer
     cert = CertifyConfig(sigma=sigma, n0=n0, n=n, alpha=alpha, batch_size=batch_size, max_images=None,
                          radii=parse_numbers(radii, "--radii"), seed=seed)
     classifier = model.load()
-    ds = DataArgs(data).load(classifier)      # the audit samples --images of them with --seed
+    ds = DataArgs(data, max_pixels=max_pixels).load(classifier)      # the audit samples --images of them with --seed
     cfg = AuditConfig(sections=["clean", "certify"], n_images=images, batch_size=min(batch_size, 256), seed=seed,
                       certify=cert, gates=list(fail_under or []), resume=not no_resume)
     code = run_audit(classifier, ds, cfg, out, data)
-    console.print(f"certified accuracy curve and per-image radii: {out}")
+    console.print(f"certified accuracy curve and per-image radii: {out}", markup=False)
     raise typer.Exit(code)

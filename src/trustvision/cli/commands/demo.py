@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from ..console import console, run_audit
+from ..console import console, progress_bars, run_audit
 from ..options import DeviceOpt, FailUnderOpt, OutOpt, SeedOpt
 
 
@@ -21,9 +21,8 @@ def demo(out: OutOpt = Path("trustvision-demo"),
     """Train (or reuse) a small CNN on the bundled MNIST digits, audit it, write results.json + report.html."""
     from ... import AuditConfig, RobustnessConfig
     from ...models import Classifier
-    from ...progress import rich_progress
     from ...training import mnist_demo_model
-    with rich_progress(console) as progress:
+    with progress_bars() as progress:
         bar = {}
 
         def tick(done: int, total: int) -> None:
@@ -31,7 +30,7 @@ def demo(out: OutOpt = Path("trustvision-demo"),
                 bar["t"] = progress.task("training the demo CNN on MNIST", total)
             bar["t"](1)
         module, _, test, path, cached = mnist_demo_model(seed=seed, progress=tick)
-    console.print(f"demo model: {'reused' if cached else 'trained and cached'} {path}")
+    console.print(f"demo model: {'reused' if cached else 'trained and cached'} {path}", markup=False)
     classifier = Classifier(module, num_classes=10, channels=1, labels=[str(i) for i in range(10)], device=device,
                             name="mnist-smallcnn (demo)")
     rob = RobustnessConfig(eps_linf=[0, 0.05, 0.1, 0.15, 0.2, 0.3], eps_l2=[0, 0.5, 1.0, 1.5, 2.0, 3.0],

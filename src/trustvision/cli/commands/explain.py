@@ -13,7 +13,7 @@ import typer
 from ...errors import TrustVisionError
 from ...parsing import parse_numbers
 from ..console import console, run_audit
-from ..options import BatchOpt, DataArgs, DataOpt, ModelArgs, NoResumeOpt, OutOpt, SeedOpt
+from ..options import MAX_PIXELS, BatchOpt, DataArgs, DataOpt, MaxPixelsOpt, ModelArgs, NoResumeOpt, OutOpt, SeedOpt
 
 
 def explain(model: ModelArgs, data: DataOpt, out: OutOpt = Path("trustvision-explain"),
@@ -27,14 +27,14 @@ def explain(model: ModelArgs, data: DataOpt, out: OutOpt = Path("trustvision-exp
             eps: Annotated[Optional[str], typer.Option(help="attack budget, e.g. 8/255 (default: the attack's)")] = None,
             steps: Annotated[int, typer.Option(help="deletion/insertion steps")] = 28,
             batch_size: BatchOpt = 128, n: Annotated[int, typer.Option("--n", help="images to explain")] = 500,
-            seed: SeedOpt = 0, no_resume: NoResumeOpt = False) -> None:
+            seed: SeedOpt = 0, no_resume: NoResumeOpt = False, max_pixels: MaxPixelsOpt = MAX_PIXELS) -> None:
     """Explain the model: Grad-CAM++ maps, deletion/insertion faithfulness, k-means clusters of attention
     (per class and per --groups), attention shift under attack; results.json + report.html."""
     from ... import AuditConfig
     from ...evaluation.sections.explain import ExplainConfig
     from ...explain import read_groups
     classifier = model.load()
-    ds = DataArgs(data).load(classifier)
+    ds = DataArgs(data, max_pixels=max_pixels).load(classifier)
     labels_per_image = read_groups(groups, len(ds), ds.paths) if groups else None
     idx = ds.sample_indices(n, seed)      # keep the indices so group labels follow their images
     ds = ds.subset(idx)
@@ -49,5 +49,5 @@ def explain(model: ModelArgs, data: DataOpt, out: OutOpt = Path("trustvision-exp
     cfg = AuditConfig(sections=["clean", "explain"], n_images=None, batch_size=batch_size, seed=seed,
                       explain=cfg_explain, resume=not no_resume)
     code = run_audit(classifier, ds, cfg, out, data)
-    console.print(f"explain maps, clusters and figures: {out}")
+    console.print(f"explain maps, clusters and figures: {out}", markup=False)
     raise typer.Exit(code)

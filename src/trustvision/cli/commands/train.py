@@ -12,12 +12,13 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import torch
 import typer
+from rich.markup import escape
 from rich.table import Table as RichTable
 
 from ...errors import TrustVisionError
 from ...parsing import parse_numbers
-from ..console import console
-from ..options import DataOpt, MeanOpt, OutOpt, SeedOpt, SizeOpt, StdOpt, parse_size
+from ..console import console, progress_bars
+from ..options import MAX_PIXELS, DataOpt, MaxPixelsOpt, MeanOpt, OutOpt, SeedOpt, SizeOpt, StdOpt, parse_size
 
 if TYPE_CHECKING:
     from torch import nn
@@ -47,9 +48,9 @@ def train(arch: Annotated[str, typer.Option(help="architecture, e.g. trustvision
           device: Annotated[str, typer.Option(help="cpu | cuda (under torchrun: cuda:LOCAL_RANK)")] = "cpu",
           seed: SeedOpt = 0,
           no_resume: Annotated[bool, typer.Option("--no-resume", help="ignore an existing checkpoint")] = False,
-          ) -> None:
+          max_pixels: MaxPixelsOpt = MAX_PIXELS) -> None:
     """Train a model, adversarially or not; evaluate clean and PGD accuracy after every epoch; checkpoint and resume."""
-    from ...progress import Quiet, rich_progress
+    from ...progress import Quiet
     from ...training import TrainConfig, distributed
     from ...training import train as run_train
 
@@ -65,12 +66,13 @@ def train(arch: Annotated[str, typer.Option(help="architecture, e.g. trustvision
     dist = distributed.init(device)
     try:
         module, train_set, eval_set, opts = _prepare(arch, data, num_classes, parse_size(input_size), eval_fraction,
-                                                     seed)
+                                                     seed, max_pixels)
         opts.update(mean=parse_numbers(mean, "--mean"), std=parse_numbers(std, "--std"))
         if dist.main:
             console.print(f"{cfg.method} training of {arch} on {data}: {len(train_set)} train / "
-                          f"{len(eval_set) if eval_set else 0} eval images, {dist.world} process(es) on {dist.device}")
-        with rich_progress(console) if dist.main else nullcontext() as progress:
+                          f"{len(eval_set) if eval_set else 0} eval images, {dist.world} process(es) on {dist.device}",
+                          markup=False)
+        with progress_bars() if dist.main else nullcontext() as progress:
             res = run_train(module, train_set, eval_set, cfg, clf_options=opts, out_dir=out, resume=not no_resume,
                             dist=dist, progress=progress or Quiet())
     finally:
@@ -80,16 +82,17 @@ def train(arch: Annotated[str, typer.Option(help="architecture, e.g. trustvision
         _print_history(res.history, res.resumed_from)
         training_curves(res.history, out / "training.png", title=f"{cfg.method} training of {arch}")
         console.print(f"curves: {out / 'training.png'}\nweights: {out / 'model.safetensors'}  (audit with --model "
-                      f"{out / 'model.safetensors'} --arch {arch})\nhistory: {out / 'history.json'}")
+                      f"{out / 'model.safetensors'} --arch {arch})\nhistory: {out / 'history.json'}", markup=False)
 
 
 def _prepare(arch: str, data: str, num_classes: int | None, size: tuple[int, int] | None, eval_fraction: float,
-             seed: int) -> tuple["nn.Module", "Dataset", "Dataset | None", dict[str, Any]]:
+             seed: int, max_pixels: int | None = MAX_PIXELS
+             ) -> tuple["nn.Module", "Dataset", "Dataset | None", dict[str, Any]]:
     """Load and split the data, build ``arch`` (seeded: the same initial weights on every rank) and check that
     it runs on the images; returns the module, the train/eval sets and the Classifier options (minus mean/std)."""
     from ...data import load_dataset
     from ...models.loading import build_architecture, fixed_input_size, probe_architecture
-    ds = load_dataset(data, size=size)
+    ds = load_dataset(data, size=size, max_pixels=max_pixels)
     nc = num_classes or int(ds.y.max()) + 1
     ds = ds.conform(ds.x.shape[1], nc)
     train_set, eval_set = ds.split(eval_fraction, seed=seed) if eval_fraction > 0 else (ds, None)
@@ -119,4 +122,5 @@ def _print_history(history: list[dict], resumed_from: int) -> None:
     console.print(t)
     last = next((h for h in reversed(history) if "warning" in h), None)
     if last is not None:
-        console.print(f"[yellow]warning[/yellow] (epoch {last['epoch']}): {last['warning']}", highlight=False)
+        console.print(f"[yellow]warning[/yellow] (epoch {last['epoch']}): {escape(str(last['warning']))}",
+                      highlight=False)

@@ -12,7 +12,7 @@ import typer
 
 from ...parsing import parse_numbers
 from ..console import console, run_audit
-from ..options import BatchOpt, DataArgs, ModelArgs, OutOpt, SeedOpt
+from ..options import MAX_PIXELS, BatchOpt, DataArgs, MaxPixelsOpt, ModelArgs, OutOpt, SeedOpt
 
 
 def uap(model: ModelArgs,
@@ -29,21 +29,25 @@ def uap(model: ModelArgs,
         n: Annotated[int, typer.Option("--n", help="evaluation images")] = 1000,
         sweep: Annotated[str, typer.Option(help="zeta values of the sweep figure")] = "0.01,0.02,0.04,0.08,0.16",
         also: Annotated[Optional[list[str]], typer.Option("--also", help="other model for the transfer matrix: "
-                                                          "SPEC or ARCH@WEIGHTS (repeatable)")] = None,
+                                                          "SPEC or ARCH@WEIGHTS (repeatable; a module.py:factory "
+                                                          "spec runs that file: needs --trust-code)")] = None,
         batch_size: BatchOpt = 128, seed: SeedOpt = 0,
-        no_resume: Annotated[bool, typer.Option("--no-resume", help="recompute finished sections/passes")] = False
-        ) -> None:
+        no_resume: Annotated[bool, typer.Option("--no-resume", help="recompute finished sections/passes")] = False,
+        max_pixels: MaxPixelsOpt = MAX_PIXELS) -> None:
     """Build a UAP from --source images, evaluate it on --eval against two random controls of the same norm
     (pixel-permuted, uniform random), ζ sweep, transfer to --also models; results.json + report.html."""
     from ... import AuditConfig
     from ...evaluation.sections.uap import UAPConfig
+    from ...models.architectures import require_code_trust
+    for spec in also or []:                 # refused before any work, like --model
+        require_code_trust(spec, model.trust_code, where="--also: ")
     classifier = model.load()
-    ds = DataArgs(eval, n=n, seed=seed).load(classifier)
+    ds = DataArgs(eval, n=n, seed=seed, max_pixels=max_pixels).load(classifier)
     cfg_uap = UAPConfig(source=source, n_source=n_source, method=method, norm=norm, zeta=zeta, eps=eps,
                         target=target, max_passes=max_passes, sweep=parse_numbers(sweep, "--sweep") or [],
                         transfer=list(also or []), seed=seed)
     cfg = AuditConfig(sections=["clean", "uap"], n_images=None, batch_size=batch_size, seed=seed, uap=cfg_uap,
                       resume=not no_resume)
-    code = run_audit(classifier, ds, cfg, out, eval)
-    console.print(f"UAP: {out / 'uap.npy'} (amplified: {out / 'uap.png'})")
+    code = run_audit(classifier, ds, cfg, out, eval, trust_code=model.trust_code)
+    console.print(f"UAP: {out / 'uap.npy'} (amplified: {out / 'uap.png'})", markup=False)
     raise typer.Exit(code)

@@ -13,8 +13,8 @@ import typer
 
 from ...errors import TrustVisionError
 from ...parsing import parse_number
-from ..console import console
-from ..options import DataOpt, DeviceOpt, OutOpt, SeedOpt
+from ..console import console, progress_bars
+from ..options import MAX_PIXELS, DataOpt, DeviceOpt, MaxPixelsOpt, OutOpt, SeedOpt
 
 if TYPE_CHECKING:
     from ...evaluation.sections.zeroshot import ZeroShotConfig
@@ -77,22 +77,22 @@ def zeroshot(data: DataOpt, out: OutOpt = Path("trustvision-zeroshot"),
              lr: Annotated[float, typer.Option(help="Adam learning rate (one-cycle peak)")] = 5e-3,
              device: DeviceOpt = "cpu", seed: SeedOpt = 0,
              no_resume: Annotated[bool, typer.Option("--no-resume", help="ignore models and attack results "
-                                                     "already in --out")] = False) -> None:
+                                                     "already in --out")] = False,
+             max_pixels: MaxPixelsOpt = MAX_PIXELS) -> None:
     """Raw Zero-Shot (Kotyan et al. 2022): train N held-out + 1 full model per architecture, score the held-out
     soft-label clusters (DBM, AM, entropy, silhouette), attack the full models, correlate; results.json + report.html."""
     from ...data import load_dataset
     from ...evaluation.sections.zeroshot import DEFAULT_ATTACKS, ZeroShotConfig, run_zeroshot
-    from ...progress import rich_progress
     attacks = dict(parse_attack(s) for s in attack) if attack else {k: dict(v) for k, v in DEFAULT_ATTACKS.items()}
     cfg = ZeroShotConfig(archs=[a.strip() for a in archs.split(",") if a.strip()], classes=_ints(classes, "--classes"),
                          epochs=epochs, batch_size=batch_size, lr=lr, train_images=train_images,
                          heldout_images=heldout_images, attacks=attacks, attack_images=attack_images, seed=seed,
                          device=device, resume=not no_resume)
-    ds = load_dataset(data)
-    with rich_progress(console) as progress:
+    ds = load_dataset(data, max_pixels=max_pixels)
+    with progress_bars() as progress:
         results = run_zeroshot(ds, cfg, out, data_spec=data, progress=progress)
     _print_results(results, cfg)
-    console.print(f"results: {out / 'results.json'}\nreport:  {out / 'report.html'}")
+    console.print(f"results: {out / 'results.json'}\nreport:  {out / 'report.html'}", markup=False)
 
 
 def _print_results(results: dict, cfg: "ZeroShotConfig") -> None:
@@ -103,7 +103,7 @@ def _print_results(results: dict, cfg: "ZeroShotConfig") -> None:
     attacks = cfg.attacks
     t = RichTable(title="Raw Zero-Shot (mean ± std over held-out classes)")
     for col in ("architecture", "clean acc", "DBM", "AM", *[f"{a} success" for a in attacks]):
-        t.add_column(col, justify="left" if col == "architecture" else "right")
+        t.add_column(escape(col), justify="left" if col == "architecture" else "right")
 
     def pm(key: str, a: str) -> str:
         mu, sd = m[f"{key}_mean"][a], m[f"{key}_std"][a]
@@ -111,15 +111,18 @@ def _print_results(results: dict, cfg: "ZeroShotConfig") -> None:
 
     for a in cfg.archs:
         succ = [m["attack_success"][x][a] for x in attacks]
-        t.add_row(a, f"{m['clean_accuracy'][a]:.1%}", pm("dbm", a), pm("am", a),
+        t.add_row(escape(a), f"{m['clean_accuracy'][a]:.1%}", pm("dbm", a), pm("am", a),
                   *["—" if s is None else f"{s:.1%}" for s in succ])
     console.print(t)
-    console.print(f"densest clusters (lowest DBM): {m['densest_architecture']}; lowest AM: {m['lowest_am_architecture']}")
+    console.print(f"densest clusters (lowest DBM): {m['densest_architecture']}; lowest AM: "
+                  f"{m['lowest_am_architecture']}", markup=False)
     for x in attacks:
         for met in ("dbm", "am"):
             for level, c in m["correlation"][x][met].items():
                 stat = (f"Pearson r={c['pearson_r']:.3f} (p={c['pearson_p']:.3g}), Spearman ρ={c['spearman_rho']:.3f} "
                         f"(p={c['spearman_p']:.3g})") if c["pearson_r"] is not None else c.get("note", "undefined")
-                console.print(f"{met.upper()} vs {x} success, {level} (n={c['n']}): {stat}", highlight=False)
+                console.print(f"{met.upper()} vs {x} success, {level} (n={c['n']}): {stat}", markup=False,
+                              highlight=False)
     for f in results["sections"]["zeroshot"]["flags"]:
-        console.print(f"[yellow]{f['severity']}[/yellow] {f['code']}: {escape(f['message'])}", highlight=False)
+        console.print(f"[yellow]{escape(f['severity'])}[/yellow] {escape(f['code'])}: {escape(f['message'])}",
+                      highlight=False)

@@ -23,6 +23,7 @@ from ...registry import Registry
 from ...results import SectionResult
 from .certify import CertifyConfig, certify_section
 from .clean import clean_section
+from .corruptions import CorruptionsConfig, corruptions_section
 from .explain import ExplainConfig, explain_section
 from .patch import PatchConfig, patch_section
 from .robustness import RobustnessConfig, robustness_section
@@ -44,6 +45,7 @@ class SectionInputs:
     out_dir: Path
     progress: Progress | None = None
     store: Any = None                   # robustness resume units (trustvision.resume.UnitStore) or None
+    trust_code: bool = False            # --trust-code only (never a config): module.py:factory transfer models
 
 
 @dataclass(frozen=True)
@@ -78,12 +80,17 @@ def _certify(i: SectionInputs, cfg: CertifyConfig) -> SectionResult:
 
 def _uap(i: SectionInputs, cfg: UAPConfig) -> SectionResult:
     return uap_section(i.classifier, i.data, i.clean_logits, cfg, batch_size=i.batch_size, out_dir=i.out_dir,
-                       progress=i.progress)
+                       progress=i.progress, trust_code=i.trust_code)
 
 
 def _patch(i: SectionInputs, cfg: PatchConfig) -> SectionResult:
     return patch_section(i.classifier, i.data, i.clean_logits, cfg, batch_size=i.batch_size, out_dir=i.out_dir,
                          progress=i.progress)
+
+
+def _corruptions(i: SectionInputs, cfg: CorruptionsConfig) -> SectionResult:
+    return corruptions_section(i.classifier, i.data, i.clean_logits, cfg, batch_size=i.batch_size, out_dir=i.out_dir,
+                               progress=i.progress)
 
 
 SECTIONS.add("clean", Section(None, None, default=True), help="clean accuracy, per-class accuracy, output checks")
@@ -93,5 +100,7 @@ SECTIONS.add("explain", Section(ExplainConfig, _explain), help="CAMs, faithfulne
 SECTIONS.add("certify", Section(CertifyConfig, _certify), help="certified L2 accuracy by randomized smoothing")
 SECTIONS.add("uap", Section(UAPConfig, _uap), help="universal adversarial perturbation vs random controls")
 SECTIONS.add("patch", Section(PatchConfig, _patch), help="universal adversarial patch on held-out images vs controls")
+SECTIONS.add("corruptions", Section(CorruptionsConfig, _corruptions),
+             help="accuracy under common corruptions (Hendrycks & Dietterich 2019), mCE vs a baseline")
 
 __all__ = ["SECTIONS", "Section", "SectionInputs", "clean_section"]

@@ -17,6 +17,7 @@ from typing import ClassVar
 
 import torch
 
+from ...configs import check_config
 from ...data.dataset import Dataset
 from ...defenses.smoothing import Smoothed, check_settings, max_certifiable_radius
 from ...errors import TrustVisionError
@@ -45,6 +46,7 @@ class CertifyConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_config(self)                  # every key's type, named in the error
         check_settings(self)
         if self.radii is not None:
             if any(not isinstance(r, (int, float)) or r < 0 for r in self.radii):

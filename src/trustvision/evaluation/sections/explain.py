@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ...configs import check_config
 from ...data.dataset import Dataset
 from ...errors import TrustVisionError
 from ...models.classifier import Classifier
@@ -61,6 +62,7 @@ class ExplainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_config(self)                  # every key's type, named in the error
         if self.method not in METHODS:
             raise TrustVisionError(f"explain method {self.method!r} unknown; choose from {', '.join(METHODS)}")
         if self.target not in ("predicted", "true"):
@@ -226,6 +228,7 @@ def _group_table(title: str, g) -> Table:
 def _write(sec: SectionResult, out: Path, clf, x, cams, cl, fa, fr, shift, cfg: ExplainConfig) -> None:
     """Save the figures and ``explain_maps.npz`` (maps as float16) into ``out``; list them in ``sec.figures``."""
     from ...report.figures import explain as figs
+    from ...report.figures.common import pick_examples
     out.mkdir(parents=True, exist_ok=True)
     figs.cluster_centers(cl.centers, cl.sizes, cl.members, x, cams.maps, out / "explain_clusters.png")
     sec.figures.append(Figure("Clusters of attention", "explain_clusters.png",
@@ -238,12 +241,16 @@ def _write(sec: SectionResult, out: Path, clf, x, cams, cl, fa, fr, shift, cfg: 
                               "restored from a blurred image (right); a faithful map beats the random one."))
     saved = {"maps": cams.maps.numpy().astype(np.float16), "target": cams.target.numpy(),
              "cluster": cl.labels, "centers": cl.centers.numpy()}
-    if shift is not None:
-        figs.cam_grid(shift["x"], shift["cam"], shift["x_adv"], shift["cam_adv"], shift["pred"], shift["pred_adv"],
-                      shift["iou"], clf.labels, out / "explain_attack.png", max_examples=cfg.n_examples)
+    if shift is not None:                  # fooled images first, one class after another
+        pick = torch.from_numpy(pick_examples(shift["pred"].cpu(), shift["success"].cpu(), cfg.n_examples))
+        figs.cam_grid(*(shift[k][pick] for k in ("x", "cam", "x_adv", "cam_adv", "pred", "pred_adv", "iou")),
+                      clf.labels, out / "explain_attack.png", max_examples=cfg.n_examples)
         sec.figures.append(Figure(f"Attention under attack ({cfg.attack})", "explain_attack.png",
                                   "Original | its map | adversarial | its map (for the adversarial prediction); "
-                                  "IoU of the top regions of the two maps."))
+                                  "IoU of the top regions of the two maps. Fooled images first, from as many "
+                                  "classes as there are."))
+        sec.examples.append({"attention_under_attack": shift["index"][pick].tolist(),
+                             "fooled": shift["success"][pick].tolist()})
         saved.update(adv_index=shift["index"].numpy(), adv_iou=shift["iou"].numpy(),
                      adv_maps=shift["cam_adv"].numpy().astype(np.float16))
     np.savez_compressed(out / "explain_maps.npz", **saved)
