@@ -116,7 +116,7 @@ def test_layout(report: tuple[Path, str]) -> None:
     for anchor in ('id="summary"', 'id="flags"', 'id="sec-clean"', 'id="sec-robustness"',
                    'href="#sec-clean"', 'href="#sec-robustness"'):
         assert anchor in page
-    assert "0.9123" in page and "0.912345678" not in page  # 4 significant digits
+    assert "91.2 %" in page and "0.912345678" not in page  # shares as percentages (issue 18)
     assert page.index("gradient-masking") < page.index("non-monotone") < page.index("low-clean")  # by severity
     assert 'badge fail' in page and 'badge pass' in page
     assert "ab" * 10 in page
@@ -138,6 +138,15 @@ window.addEventListener('load', function () {
   var imgs = Array.prototype.slice.call(document.images);
   var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
   document.body.setAttribute('data-images-ok', ok + '/' + imgs.length);
+  var h = document.getElementById('headline');
+  var first = document.querySelector('section[id^="sec-"]');
+  if (h && first) {
+    var r = h.getBoundingClientRect(), s = getComputedStyle(h);
+    var visible = r.height > 40 && r.width > 300 && s.display !== 'none' && s.visibility !== 'hidden'
+                  && parseFloat(s.opacity) > 0.9 && r.top < window.innerHeight;
+    document.body.setAttribute('data-headline', (visible ? 'visible' : 'hidden') + ':' +
+                               (r.bottom <= first.getBoundingClientRect().top ? 'above' : 'below'));
+  }
 });
 </script>"""
 
@@ -169,6 +178,8 @@ def test_report_renders_in_chromium(report: tuple[Path, str]) -> None:
         m = re.search(r'data-images-ok="(\d+)/(\d+)"', dom.stdout)
         assert m, f"image probe did not run; stderr: {dom.stderr[-2000:]}"
         assert int(m.group(2)) == 5 and m.group(1) == m.group(2), m.group(0)
+        # the headline block is rendered, visible in the first screen, and above the first section
+        assert 'data-headline="visible:above"' in dom.stdout, re.findall(r'data-headline="[^"]*"', dom.stdout)
         shot = path.with_name("report.png")
         subprocess.run(flags + ["--window-size=1200,2400", f"--screenshot={shot}", path.as_uri()],
                        capture_output=True, timeout=120)
@@ -238,3 +249,161 @@ def test_html_shows_markup_emoji_codes_and_data_dtype_as_typed(tmp_path: Path) -
         mods = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
         mods += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
         assert not any(m.split(".")[0] == "rich" for m in mods), f
+
+
+# ------------------------------------------------------------------ issue 18: headline, figures a reader can trust
+def _capture(monkeypatch, module) -> list:
+    """Replace ``module.save`` so that the drawn matplotlib Figure is kept (and still rendered)."""
+    figs: list = []
+
+    def keep(fig, path):
+        fig.canvas.draw()
+        figs.append(fig)
+    monkeypatch.setattr(module, "save", keep)
+    return figs
+
+
+def _extent(artist, fig):
+    return artist.get_window_extent(fig.canvas.get_renderer())
+
+
+def test_curves_legend_outside_axes_and_off_every_line_end(monkeypatch, tmp_path: Path) -> None:
+    import trustvision.report.figures.robustness as rob
+    figs = _capture(monkeypatch, rob)
+    eps = [0.0, 2 / 255, 4 / 255, 8 / 255, 16 / 255]
+    # pgd equals the worst case (the usual case): its line and its legend entry must both stay visible
+    rob.robustness_curves({"fgsm": (eps, [0.9, 0.8, 0.7, 0.6, 0.55]), "pgd": (eps, [0.9, 0.7, 0.5, 0.3, 0.2]),
+                           "worst-case": (eps, [0.9, 0.7, 0.5, 0.3, 0.2])}, tmp_path / "c.png", norm="linf",
+                          clean_acc=0.9, chance=0.1, majority=0.46, title="t")
+    fig, ax = figs[0], figs[0].axes[0]
+    legend, box = ax.get_legend(), _extent(ax, fig)
+    lbox = _extent(legend, fig)
+    assert lbox.x0 >= box.x1 - 1, (lbox, box)                       # entirely right of the axes
+    for line in ax.get_lines():
+        x, y = line.get_xdata(), line.get_ydata()
+        end = ax.transData.transform((x[-1], y[-1]))
+        assert not lbox.contains(*end), line.get_label()
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    worst = next(ln for name, ln in lines.items() if name.startswith("worst case"))
+    assert lines["pgd"].get_zorder() > worst.get_zorder()           # pgd drawn on top of the worst-case band
+    assert worst.get_linewidth() >= 3 * lines["pgd"].get_linewidth()  # the band is distinct from any line
+    texts = [t.get_text() for t in legend.get_texts()]
+    assert "pgd" in texts
+    majority = [ln for name, ln in lines.items() if name.startswith("majority class")]
+    assert majority and abs(float(majority[0].get_ydata()[0]) - 0.46) < 1e-9
+    assert any(name.startswith("1/K") and abs(float(ln.get_ydata()[0]) - 0.1) < 1e-9 for name, ln in lines.items())
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "2/255", "4/255", "8/255", "16/255"]
+
+
+def test_per_class_legend_covers_no_bar(monkeypatch, tmp_path: Path) -> None:
+    import trustvision.report.figures.robustness as rob
+    figs = _capture(monkeypatch, rob)
+    rob.per_class_bars([str(i) for i in range(10)], [1.0] * 10, [0.98] * 10, tmp_path / "pc.png", title="t")
+    fig, ax = figs[0], figs[0].axes[0]
+    lbox = _extent(ax.get_legend(), fig)
+    assert not lbox.overlaps(_extent(ax, fig))
+    assert not any(lbox.overlaps(_extent(bar, fig)) for bar in ax.patches)
+
+
+@pytest.mark.parametrize("norm, mark, absent", [("l2", "L2=", "L∞"), ("l0", " px", "L∞"), ("linf", "L∞=", "L2")])
+def test_example_grid_labels_the_attack_norm(monkeypatch, tmp_path: Path, norm: str, mark: str, absent: str) -> None:
+    import trustvision.report.figures.robustness as rob
+    figs = _capture(monkeypatch, rob)
+    x, y = torch.full((2, 1, 6, 6), 0.5), torch.tensor([0, 1])
+    xa = x.clone()
+    xa[0, 0, 0, :3] += 0.1                                          # 3 pixels changed by 0.1
+    xa[1, 0, 1, 1] -= 0.2
+    rob.example_grid(x, xa, y, y, torch.tensor([1, 1]), torch.ones(2), torch.ones(2), ["a", "b"],
+                     tmp_path / "g.png", norm=norm)
+    pert = [ax.get_title() for ax in figs[0].axes if "×" in ax.get_title()]
+    assert len(pert) == 2 and all(mark in t for t in pert) and not any(absent in t for t in pert), pert
+    expected = {"l2": f"L2={0.1 * 3 ** 0.5:.3g}", "l0": "L0=3 px", "linf": "L∞=0.1"}[norm]
+    assert any(expected in t for t in pert), (expected, pert)         # independent formula, image 0 (fooled first)
+
+
+def test_example_grid_is_compact_and_shows_fooled_images_of_several_classes(monkeypatch, tmp_path: Path) -> None:
+    import trustvision.report.figures.robustness as rob
+    figs = _capture(monkeypatch, rob)
+    n = 16
+    x = torch.rand(n, 1, 6, 6, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0] * 8 + [1, 1, 2, 2, 3, 3, 4, 4])
+    pred_adv = y.clone()
+    pred_adv[[9, 11, 13, 15]] = 0                                     # fooled: one image each of classes 1-4
+    rob.example_grid(x, x, y, y, pred_adv, torch.ones(n), torch.ones(n), [str(i) for i in range(5)],
+                     tmp_path / "g.png")
+    fig = figs[0]
+    drawn = [ax for ax in fig.axes if ax.get_images()]
+    assert len(drawn) == 8 * 3                                         # 8 examples
+    w, h = fig.get_size_inches()
+    assert h <= 4 * 2.3 + 1e-6 and w > h                              # 4 rows, not 8
+    adv_titles = [ax.get_title().split("\n")[-1] for ax in drawn[1::3]]
+    assert all(t.startswith("pred 0") for t in adv_titles[:4]), adv_titles   # the 4 fooled ones first
+
+
+def test_pick_examples_fooled_first_over_classes() -> None:
+    from trustvision.report.figures.common import pick_examples
+    y = [0] * 10 + [1, 2, 3, 1, 2, 3]
+    fooled = [False] * 10 + [True, True, True, False, False, True]
+    pick = pick_examples(y, fooled, 8).tolist()
+    assert pick[:4] == [10, 11, 12, 15]                              # fooled: classes 1, 2, 3, then 3 again
+    assert [y[i] for i in pick[4:]] == [0, 1, 2, 0]                  # then not fooled, class by class
+    assert pick_examples([], [], 4).tolist() == []
+    assert sorted(pick_examples([2, 2, 2], [True, False, True], 5).tolist()) == [0, 1, 2]
+
+
+def test_labels_one_format_for_budgets_and_shares() -> None:
+    from trustvision.report.labels import budget, column_label, metric_label, pct, pct_of
+    assert budget(8 / 255) == budget(0.0313725) == budget("0.03137") == "0.0314 (8/255)"
+    assert budget(0.2) == "0.2" and budget(0.5) == "0.5" and budget(2.0) == "2"
+    assert column_label("eps=0.03137") == "ε = 0.0314 (8/255)"
+    assert metric_label("robust_accuracy_linf@0.0313725") == "robust accuracy, L∞ ε = 0.0314 (8/255)"
+    assert metric_label("robust_accuracy_l2@0.5") == "robust accuracy, L2 ε = 0.5"
+    assert pct(0.615) == "61.5 %" and pct_of(0.615, 200) == "61.5 % (123 of 200 images)"
+
+
+def test_report_headline_percentages_and_grouped_grids(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    res = _results(tmp_path)
+    for i in range(3):                                              # three example grids in one section
+        res["sections"]["robustness"]["figures"].append(
+            {"title": f"Adversarial examples: grid-{i}-of-3 (l2, eps=0.5)", "path": "ex_gray.png", "caption": ""})
+    res["sections"]["robustness"]["metrics"]["n_images"] = 64
+    page = render_report(res, tmp_path).read_text(encoding="utf-8")
+    head = page[page.index('id="headline"'):page.index('id="sec-')]
+    assert page.index('id="headline"') < page.index('id="summary"') < page.index('id="sec-clean"')
+    assert "FAIL" in head and "1 error" in head and "1 warning" in head          # gate failed, flags counted
+    assert "91.2 % (58 of 64 images)" in head                                     # the clean gate, with denominator
+    assert "15.0 %" in head and "of 64 images" in head and "L∞" in head           # worst case at the asked budget
+    assert "0.9123" not in page and "91.2 %" in page                               # percentages, not fractions
+    assert "ε = 0.05" in page and "eps=0.05" not in page                           # one budget format
+    grids = page[page.index('id="sec-robustness"'):]
+    shown, more = grids.split('<details class="more">', 1)
+    assert "grid-0-of-3" in shown and "grid-1-of-3" not in shown                  # the first grid shown,
+    assert "grid-1-of-3" in more and "grid-2-of-3" in more                        # the others folded
+    assert len(re.findall(r'<figure><h4 class="figtitle">', page)) >= 5             # titles above the images
+    res["headline"] = {"sentence": "The model FAILED its gate X.", "passed": False}  # headline.py's verdict
+    page = render_report(res, tmp_path).read_text(encoding="utf-8")
+    assert page.index("The model FAILED its gate X.") < page.index('id="sec-clean"')
+
+
+@pytest.mark.slow
+def test_uap_and_explain_examples_cover_several_classes(mnist_clf, mnist_test, tmp_path: Path) -> None:
+    from trustvision.evaluation.sections.explain import ExplainConfig, explain_section
+    from trustvision.evaluation.sections.uap import UAPConfig, uap_section
+    y = mnist_test.y
+    idx = [int(i) for i in (y == 0).nonzero()[:12, 0]] + [int(i) for c in range(1, 10)
+                                                            for i in (y == c).nonzero()[:3, 0]]
+    data = mnist_test.subset(idx)                                   # 12 zeros first: the old grids showed only 0s
+    logits = mnist_clf.predict(data.x)
+    uap = uap_section(mnist_clf, data, logits, UAPConfig(n_source=16, max_passes=1, sweep=[0.04], zeta=0.2),
+                      out_dir=tmp_path / "u")
+    ex = uap.examples[0]
+    assert len(ex["label"]) == 8 and len(set(ex["label"])) >= 4, ex
+    assert ex["fooled"] == sorted(ex["fooled"], reverse=True)       # fooled ones first
+    assert "best_control" in uap.metrics and uap.metrics["best_control"] == max(uap.metrics["controls"].values())
+    cfg = ExplainConfig(clusters=2, max_images=24, faithfulness_images=8, steps=4, attack_images=len(idx),
+                        attack_options={"eps": 0.15, "steps": 5})
+    sec = explain_section(mnist_clf, data, logits, cfg, out_dir=tmp_path / "e")
+    shown = sec.examples[-1]["attention_under_attack"]
+    assert len(set(int(data.y[i]) for i in shown)) >= 4, shown
+    assert sec.examples[-1]["fooled"] == sorted(sec.examples[-1]["fooled"], reverse=True)

@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..persist import digest, write_text_atomic
+from .labels import column_label, is_share, metric_label, pct, pct_of, relabel
+from .verdict import headline_block
 
 __all__ = ["render_report"]
 
@@ -54,10 +56,21 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _cell(value: Any) -> str:
-    """A ``<td>``: numbers right-aligned, everything escaped."""
+def _cell(value: Any, share: bool = False) -> str:
+    """A ``<td>``: numbers right-aligned, shares (``share``: accuracy, rates in [0, 1]) as percentages."""
     num = isinstance(value, (int, float)) and not isinstance(value, bool)
-    return f'<td class="num">{_e(_fmt(value))}</td>' if num else f"<td>{_e(_fmt(value))}</td>"
+    text = pct(value) if share and num and not isinstance(value, int) and -1e-9 <= value <= 1 + 1e-9 else _fmt(value)
+    return f'<td class="num">{_e(text)}</td>' if num else f"<td>{_e(text)}</td>"
+
+
+ALL_IMAGES = ("clean_accuracy", "fooling_rate", "targeted_success", "majority_class_rate")   # shares of all images
+
+
+def _metric_cell(key: str, value: Any, n: Any = None) -> str:
+    """A metric's ``<td>``: a share as a percentage (with "k of N images" when it is a share of all N images)."""
+    if n is not None and str(key).split(" / ")[-1] in ALL_IMAGES and is_share(key, value):
+        return f'<td class="num">{_e(pct_of(value, n))}</td>'
+    return _cell(value, is_share(str(key).split(" / ")[-1], value) or is_share(key, value))
 
 
 def _flatten(d: dict, prefix: str = "") -> list[tuple[str, Any]]:
@@ -72,8 +85,8 @@ def _flatten(d: dict, prefix: str = "") -> list[tuple[str, Any]]:
     return out
 
 
-def _kv_table(pairs: Iterable[tuple[str, Any]], head: tuple[str, str] = ("metric", "value")) -> str:
-    rows = "".join(f"<tr><th scope=\"row\">{_e(k)}</th>{_cell(v)}</tr>" for k, v in pairs)
+def _kv_table(pairs: Iterable[tuple[str, Any]], head: tuple[str, str] = ("metric", "value"), n: Any = None) -> str:
+    rows = "".join(f"<tr><th scope=\"row\">{_e(metric_label(k))}</th>{_metric_cell(k, v, n)}</tr>" for k, v in pairs)
     if not rows:
         return '<p class="muted">none</p>'
     return (f'<div class="scroll"><table><thead><tr><th>{_e(head[0])}</th><th>{_e(head[1])}</th></tr></thead>'
@@ -116,6 +129,7 @@ def _header(results: dict) -> str:
                  f"{data.get('num_classes', '?')} classes"),
         ("data pixels", f"stored as {data['source_dtype']}, scaled to [0, 1]" if data.get("source_dtype") else None),
         ("data sha256", data.get("sha256")),
+        ("skipped files", _skipped(data.get("skipped"))),
         ("created", results.get("created")),
         ("trustvision", f"{results.get('trustvision_version', '?')} (results schema "
                         f"{results.get('schema_version', '?')})"),
@@ -125,28 +139,24 @@ def _header(results: dict) -> str:
             f'<dl class="meta">{dl}</dl></header>')
 
 
-def _summary(results: dict, flags: list[tuple[str, str, dict]]) -> str:
+def _skipped(skipped: Any) -> str | None:
+    """``data.skipped`` (files left out by ``--skip-bad-images``) as a count and the first names."""
+    if isinstance(skipped, int):
+        return f"{skipped} unreadable file(s) left out" if skipped else None
+    items = [str(x.get("path", x)) if isinstance(x, dict) else str(x) for x in _list(skipped)]
+    if not items:
+        return None
+    return f"{len(items)} unreadable file(s) left out: " + ", ".join(items[:5]) + (", …" if len(items) > 5 else "")
+
+
+def _summary(results: dict) -> str:
+    """Every summary metric (the gates and the verdict are in the headline block above)."""
     summary = _dict(results.get("summary"))
-    gates = [g for g in _list(results.get("gates")) if isinstance(g, dict)]
-    counts = {s: sum(1 for _, _, f in flags if _severity(f) == s) for s in SEVERITY_ORDER}
-    parts = ['<section id="summary" class="box"><h2 style="margin-top:0">Summary</h2>']
-    tally = ", ".join(f'<span class="badge {s}">{n} {s}</span>' for s, n in counts.items() if n)
-    parts.append(f'<p class="verdict">Soundness flags: {tally or "<span class=none>none raised</span>"}</p>')
-    parts.append(_kv_table(_flatten(summary)) if summary else '<p class="muted">No summary metrics.</p>')
-    if gates:
-        failed = sum(1 for g in gates if not g.get("passed"))
-        verdict = (f'<span class="badge fail">fail</span> {failed} of {len(gates)} gate(s) failed' if failed
-                   else f'<span class="badge pass">pass</span> all {len(gates)} gate(s) passed')
-        rows = "".join(
-            f"<tr><td>{_e(g.get('metric', g.get('gate', '?')))}</td>{_cell(g.get('value'))}"
-            f"<td>{_e(g.get('op', '>='))} {_e(_fmt(g.get('threshold')))}</td>"
-            f"<td><span class=\"badge {'pass' if g.get('passed') else 'fail'}\">"
-            f"{'pass' if g.get('passed') else 'fail'}</span></td></tr>" for g in gates)
-        parts.append(f'<h3>Gates</h3><p class="verdict">{verdict}</p><div class="scroll"><table><thead><tr>'
-                     f"<th>metric</th><th>value</th><th>required</th><th>result</th></tr></thead>"
-                     f"<tbody>{rows}</tbody></table></div>")
-    parts.append("</section>")
-    return "".join(parts)
+    n = _dict(results.get("data")).get("n")
+    body = _kv_table(_flatten(summary), n=n) if summary else '<p class="muted">No summary metrics.</p>'
+    return (f'<section id="summary"><h2>Summary metrics</h2><p class="muted">The keys <code>--fail-under</code> '
+            f"takes (shown in words; results.json keeps the machine keys). Percentages are of all "
+            f"{_e(n if n is not None else '?')} evaluated images.</p>{body}</section>")
 
 
 def _flag_items(flags: list[tuple[str, str, dict]], *, where: bool) -> str:
@@ -194,20 +204,65 @@ def _embed(out_dir: Path, rel: Any) -> tuple[str | None, str]:
 def _figure(out_dir: Path, fig: dict) -> str:
     title, caption, rel = fig.get("title", ""), fig.get("caption", ""), fig.get("path", "")
     uri, why = _embed(out_dir, rel)
-    cap = f"<figcaption><strong>{_e(title)}</strong>{'. ' if title and caption else ''}{_e(caption)}</figcaption>"
+    head = f'<h4 class="figtitle">{_e(relabel(title))}</h4>' if title else ""
+    cap = f"<figcaption>{_e(relabel(caption))}</figcaption>" if caption else ""
     if uri is None:
-        return (f'<figure><div class="missing" role="img" aria-label="missing figure">Figure not available: '
+        return (f'<figure>{head}<div class="missing" role="img" aria-label="missing figure">Figure not available: '
                 f"<code>{_e(rel)}</code> ({_e(why)}).</div>{cap}</figure>")
-    return f'<figure><img src="{uri}" alt="{_e(title or rel)}" loading="eager">{cap}</figure>'
+    return f'<figure>{head}<img src="{uri}" alt="{_e(title or rel)}" loading="eager">{cap}</figure>'
 
 
-def _table(t: dict) -> str:
+_NOT_SHARE_COL = re.compile(r"(auc|p[-_ ]?value|cramer|silhouette|seconds|norm|zeta|iou|queries|images|count|"
+                            r"radius|class|cluster|group|attack|step)", re.I)
+_SHARE_TITLE = re.compile(r"(accura|fooling|success|(^|\W)rate)", re.I)
+
+
+def _share_columns(title: str, cols: list) -> list[bool]:
+    """Which columns hold shares (shown as percentages): by their header, or in a share-titled table."""
+    by_title = bool(_SHARE_TITLE.search(title))
+    return [is_share(str(c), 0.5) or (by_title and not _NOT_SHARE_COL.search(str(c))) for c in cols]
+
+
+def _denominator(title: str, n: Any) -> str:
+    """The sentence saying what the percentages of a table are of (empty when not known)."""
+    t = title.lower()
+    if "per class" in t or "per-class" in t:
+        return "Percentages are of each class's images."
+    if isinstance(n, int) and n > 0 and (t.startswith("robust accuracy") or t.startswith("uap vs")):
+        return f"Percentages are of all {n} evaluated images."
+    return ""
+
+
+def _table(t: dict, n: Any = None) -> str:
     cols = [c for c in _list(t.get("columns"))]
     rows = [r if isinstance(r, list) else [r] for r in _list(t.get("rows"))]
-    head = "".join(f"<th>{_e(c)}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(_cell(v) for v in r) + "</tr>" for r in rows)
-    title = f"<h3>{_e(t.get('title'))}</h3>" if t.get("title") else ""
-    return f'{title}<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+    title_text = str(t.get("title") or "")
+    shares = _share_columns(title_text, cols)
+    head = "".join(f"<th>{_e(column_label(c))}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(_cell(v, shares[i] if i < len(shares) else False) for i, v in enumerate(r))
+                   + "</tr>" for r in rows)
+    title = f"<h3>{_e(relabel(title_text))}</h3>" if title_text else ""
+    note = _denominator(title_text, n) if any(shares) else ""
+    note = f'<p class="muted">{_e(note)}</p>' if note else ""
+    return (f'{title}<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+            f"{note}")
+
+
+def _is_grid(fig: dict) -> bool:
+    """An example grid (shown one at a time: the others behind "show more")."""
+    return "example" in str(fig.get("title", "")).lower()
+
+
+def _figures(out_dir: Path, figs: list[dict]) -> str:
+    """Figures in order; the example grids after the first one are folded into one "show more" list."""
+    grids = [f for f in figs if _is_grid(f)]
+    more = grids[1:]
+    shown = "".join(_figure(out_dir, f) for f in figs if f not in more)
+    if not more:
+        return shown
+    names = ", ".join(relabel(f.get("title", "")) for f in more)
+    return (f'{shown}<details class="more"><summary>show {len(more)} more example grid(s): {_e(names)}</summary>'
+            f'{"".join(_figure(out_dir, f) for f in more)}</details>')
 
 
 def _section(name: str, slug: str, sec: dict, out_dir: Path, flags: list[tuple[str, str, dict]]) -> str:
@@ -216,19 +271,21 @@ def _section(name: str, slug: str, sec: dict, out_dir: Path, flags: list[tuple[s
     timing = f' <span class="muted">({secs:.1f} s)</span>' if isinstance(secs, (int, float)) and secs else ""
     parts = [f'<section id="{slug}"><h2>{_e(title)}{timing}</h2>']
     metrics = _dict(sec.get("metrics"))
+    n = metrics.get("n_images", metrics.get("n_eval"))
     flat = [(k, v) for k, v in metrics.items() if not isinstance(v, dict)]
     nested = [(k, v) for k, v in metrics.items() if isinstance(v, dict)]
     if flat:
-        parts.append("<h3>Metrics</h3>" + _kv_table(flat))
+        parts.append("<h3>Metrics</h3>" + _kv_table(flat, n=n))
     for k, v in nested:
         leaves = _flatten(v)
-        parts.append(f"<details><summary>{_e(k)} ({len(leaves)} values)</summary>{_kv_table(leaves)}</details>")
+        parts.append(f"<details><summary>{_e(metric_label(k))} ({len(leaves)} values)</summary>"
+                     f"{_kv_table(leaves)}</details>")
     own = [f for f in flags if f[1] == slug]
     parts.append("<h3>Soundness flags</h3>" + _flag_items(own, where=False))
-    parts.extend(_table(t) for t in _list(sec.get("tables")) if isinstance(t, dict))
+    parts.extend(_table(t, n) for t in _list(sec.get("tables")) if isinstance(t, dict))
     figs = [f for f in _list(sec.get("figures")) if isinstance(f, dict)]
     if figs:
-        parts.append("<h3>Figures</h3>" + "".join(_figure(out_dir, f) for f in figs))
+        parts.append("<h3>Figures</h3>" + _figures(out_dir, figs))
     examples = _list(sec.get("examples"))
     if examples:
         parts.append(f'<p class="muted">{len(examples)} example record(s) are stored in results.json.</p>')
@@ -263,17 +320,20 @@ def render_report(results: dict, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     results = _dict(results)
     sections = {str(k): v for k, v in _dict(results.get("sections")).items() if isinstance(v, dict)}
-    used: set[str] = {"summary", "flags"}
+    used: set[str] = {"summary", "flags", "headline"}
     slugs = {name: _slug(name, used) for name in sections}
     flags = [(name, slugs[name], f) for name, sec in sections.items()
              for f in _list(sec.get("flags")) if isinstance(f, dict)]
     toc = "".join(f'<li><a href="#{slugs[n]}">{_e(s.get("title") or n)}</a></li>' for n, s in sections.items())
     model_name = _dict(results.get("model")).get("name") or "model"
+    counts = {s: sum(1 for _, _, f in flags if _severity(f) == s) for s in SEVERITY_ORDER}
     body = [
         _header(results),
-        f'<nav class="toc" aria-label="contents"><strong>Contents</strong><ol><li><a href="#summary">Summary</a></li>'
+        headline_block(results, counts),
+        f'<nav class="toc" aria-label="contents"><strong>Contents</strong><ol><li><a href="#headline">Headline</a>'
+        f'</li><li><a href="#summary">Summary metrics</a></li>'
         f'<li><a href="#flags">Soundness flags ({len(flags)})</a></li>{toc}</ol></nav>',
-        _summary(results, flags),
+        _summary(results),
         f'<section id="flags"><h2>Soundness flags</h2><p class="muted">Checks that tell whether the numbers '
         f"below can be believed. Errors mean a robustness figure is likely wrong.</p>"
         f"{_flag_items(flags, where=True)}</section>",

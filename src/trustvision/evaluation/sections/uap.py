@@ -139,7 +139,8 @@ def uap_section(clf: Classifier, data: Dataset, clean_logits: Tensor, cfg: UAPCo
     tm = _transfer(cfg, clf, src, x_eval, res.v, batch_size, trust_code) if cfg.transfer else None
     advance(1)
     key = "fooling_rate" if cfg.target is None else "targeted_success"
-    metrics = {key: rates["uap"][key], "controls": {c: rates[c][key] for c in fooling.CONTROLS},
+    controls = {c: rates[c][key] for c in fooling.CONTROLS}
+    metrics = {key: rates["uap"][key], "controls": controls, "best_control": max(controls.values()),
                "budget": {"kind": res.budget, "norm": cfg.norm, "eps": res.eps, "zeta": res.zeta,
                           "zeta_reference": "mean norm of the evaluation images", "reference_norm": res.reference_norm},
                "source": cfg.source, "n_source": len(src), "n_eval": len(x_eval), "generator": res.describe(),
@@ -148,7 +149,7 @@ def uap_section(clf: Classifier, data: Dataset, clean_logits: Tensor, cfg: UAPCo
     sec = SectionResult("uap", "Universal adversarial perturbation", metrics, _tables(cfg, clf, res, rates, tm),
                         flags=_flags(rates, key), config=asdict(cfg))
     if out_dir is not None:
-        _write_figures(sec, Path(out_dir), cfg, clf, res, x_eval, pc, sweep, tm, batch_size)
+        _write_figures(sec, Path(out_dir), cfg, clf, res, x_eval, pc, data.y.cpu(), sweep, tm, batch_size)
     sec.seconds = time.perf_counter() - t0
     return sec
 
@@ -192,22 +193,29 @@ def _tables(cfg: UAPConfig, clf: Classifier, res, rates: dict, tm: dict | None) 
 
 
 def _write_figures(sec: SectionResult, out: Path, cfg: UAPConfig, clf: Classifier, res, x_eval: Tensor, pc: Tensor,
-                   sweep: dict, tm: dict | None, batch_size: int) -> None:
-    """Save ``uap.npy`` (1, C, H, W) and the section's figures into ``out``; list them in ``sec.figures``."""
+                   y: Tensor, sweep: dict, tm: dict | None, batch_size: int) -> None:
+    """Save ``uap.npy`` (1, C, H, W) and the section's figures into ``out``; list them in ``sec.figures``.
+
+    The before/after examples are fooled images first, one class after another (``y`` (N,): true labels).
+    """
     from ...report.figures import uap as uf
+    from ...report.figures.common import pick_examples
     out.mkdir(parents=True, exist_ok=True)
     np.save(out / "uap.npy", res.v.detach().cpu().numpy())
     uf.uap_image(res.v, out / "uap.png", title=f"UAP ({cfg.norm}, eps={res.eps:.3g}), amplified")
-    k = min(cfg.n_examples, len(x_eval))
-    xa = (x_eval[:k] + res.v.cpu()).clamp(0, 1)
-    uf.before_after(x_eval[:k], xa, pc[:k], fooling._predict(clf, x_eval[:k], res.v, batch_size), clf.labels,
-                    out / "uap_examples.png")
+    pa = fooling._predict(clf, x_eval, res.v, batch_size)          # (N,) predictions with the UAP
+    pick = torch.from_numpy(pick_examples(y, pa != pc, cfg.n_examples))   # fooled first, over the classes
+    xa = (x_eval[pick] + res.v.cpu()).clamp(0, 1)
+    uf.before_after(x_eval[pick], xa, pc[pick], pa[pick], clf.labels, out / "uap_examples.png")
+    sec.examples = [{"index": pick.tolist(), "label": y[pick].tolist(), "pred_clean": pc[pick].tolist(),
+                     "pred_uap": pa[pick].tolist(), "fooled": (pa[pick] != pc[pick]).tolist()}]
     label = "fooling rate" if cfg.target is None else f"targeted success (class {cfg.target})"
     uf.convergence(res.curve, out / "uap_convergence.png", ylabel=f"{label} (source images)",
                    stop_rate=cfg.stop_rate)
     uf.zeta_sweep_plot(sweep, out / "uap_zeta_sweep.png", ylabel=label, norm=cfg.norm)
     sec.figures += [Figure("Universal perturbation (amplified)", "uap.png", "grey = 0; saved as uap.npy"),
-                    Figure("Before / after", "uap_examples.png", "Evaluation images, clean and with the UAP."),
+                    Figure("Before / after", "uap_examples.png", "Evaluation images, clean and with the UAP (red: the "
+                           "prediction changed); fooled images first, from as many classes as there are."),
                     Figure("Convergence", "uap_convergence.png", "Rate on the source images after each pass."),
                     Figure("ζ sweep", "uap_zeta_sweep.png", "The UAP rescaled to each ζ vs random controls.")]
     if tm:

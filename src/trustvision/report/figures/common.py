@@ -29,7 +29,7 @@ SAFE_RC = {"text.usetex": False}
 F = TypeVar("F", bound=Callable[..., Any])
 
 __all__ = ["DPI", "as_numpy", "figure_helper", "plain", "save", "subplots", "to_image", "short_label",
-           "wrap_title"]
+           "wrap_title", "pick_examples", "legend_outside", "percent_axis"]
 
 
 def plain(text: Any) -> str:
@@ -94,3 +94,43 @@ def short_label(labels: Sequence[str], k: int, width: int = 18) -> str:
 def wrap_title(text: str, width: int = 30) -> str:
     """Break a "true A → pred B (p)" title before the arrow when it would overflow its panel."""
     return text.replace(" → ", "\n→ ") if len(text) > width else text
+
+
+def pick_examples(y: Any, fooled: Any, k: int) -> np.ndarray:
+    """Indices of at most ``k`` examples to show: fooled ones first, spread over the classes.
+
+    Round-robin over the classes: one fooled image of each class (in class order), then a second fooled
+    image of each class, ..., then the images that were not fooled, in the same way.  Ties keep the data
+    order, so the choice is deterministic.
+
+    Args:
+        y: (N,) integer class of each candidate (true label or clean prediction).
+        fooled: (N,) bool, the attack changed the prediction.
+        k: number of examples wanted.
+    Returns:
+        (min(k, N),) int64 indices into the candidates.
+    """
+    y = as_numpy(y).astype(np.int64).reshape(-1)
+    f = as_numpy(fooled).astype(bool).reshape(-1)
+    n = len(y)
+    if n == 0 or k <= 0:
+        return np.zeros(0, dtype=np.int64)
+    group = np.where(f, 0, 1)
+    order = np.lexsort((np.arange(n), y, group))              # by group, class, position
+    key = group[order] * (int(y.max()) - int(y.min()) + 1) + (y[order] - int(y.min()))
+    starts = np.r_[0, np.flatnonzero(np.diff(key)) + 1]
+    rank = np.arange(n) - np.repeat(starts, np.diff(np.r_[starts, n]))   # position within (group, class)
+    final = order[np.lexsort((y[order], rank, group[order]))]  # by group, round, class
+    return final[:k].astype(np.int64)
+
+
+def legend_outside(ax: Any, **kwargs: Any) -> Any:
+    """A legend to the right of ``ax``, outside the plotting area, so that it never hides data."""
+    kwargs.setdefault("fontsize", 8)
+    return ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, **kwargs)
+
+
+def percent_axis(ax: Any, axis: str = "y") -> None:
+    """Show a [0, 1] share on ``axis`` as percentages (0.5 -> 50 %), as everywhere in the report."""
+    from matplotlib.ticker import PercentFormatter
+    (ax.yaxis if axis == "y" else ax.xaxis).set_major_formatter(PercentFormatter(1.0, decimals=0, symbol=" %"))

@@ -30,30 +30,37 @@ def _show(ax, img: np.ndarray, cam: np.ndarray | None = None, title: str = "", c
 
 @figure_helper
 def cam_grid(x: Any, cam: Any, x_adv: Any, cam_adv: Any, pred: Any, pred_adv: Any, iou: Any,
-             labels: Sequence[str], path: str | Path, *, max_examples: int = 8) -> None:
-    """Rows of (original | its CAM | adversarial | its CAM) with predictions and the top-region IoU.
+             labels: Sequence[str], path: str | Path, *, max_examples: int = 8, per_row: int | None = None) -> None:
+    """(original | its CAM | adversarial | its CAM) quadruplets with predictions and the top-region IoU.
+
+    Drawn in the order given (the section picks fooled images of several classes first); two
+    quadruplets share a row when there are more than four, so eight examples take four rows.
 
     Args:
         x, x_adv: (N, C, H, W) images.  cam, cam_adv: (N, H, W) maps.
         pred, pred_adv: (N,) predicted classes.  iou: (N,) IoU of the top regions of both maps.
-        labels: class names.  path: PNG destination.  max_examples: rows drawn at most.
+        labels: class names.  path: PNG destination.  max_examples: quadruplets drawn at most.
+        per_row: quadruplets per row (default: 1 for up to 4 examples, else 2).
     """
     x, xa, c, ca = (as_numpy(v).astype(np.float32) for v in (x, x_adv, cam, cam_adv))
     p, pa, io = as_numpy(pred).astype(int), as_numpy(pred_adv).astype(int), as_numpy(iou).astype(float)
-    n = max(min(len(x), max_examples), 1)
-    fig, axes = subplots(n, 4, figsize=(7.6, 2.0 * n))
+    n = min(len(x), max_examples)
+    per = per_row or (1 if n <= 4 else 2)
+    rows = max(-(-n // per), 1)
+    fig, axes = subplots(rows, 4 * per, figsize=(7.6 * per, 2.0 * rows + 0.2))
+    for ax in axes.reshape(-1):
+        ax.axis("off")
+    if n == 0:
+        axes[0, 1].text(0.5, 0.5, "no examples", ha="center", va="center")
     for i in range(n):
-        row = axes[i]
-        if i >= len(x):
-            for ax in row:
-                ax.axis("off")
-            row[1].text(0.5, 0.5, "no examples", ha="center", va="center")
-            continue
+        row = axes[i // per, 4 * (i % per): 4 * (i % per) + 4]
         fooled = pa[i] != p[i]
         _show(row[0], x[i], None, f"original: {short_label(labels, p[i])}")
         _show(row[1], x[i], c[i], "CAM")
         _show(row[2], xa[i], None, f"adversarial: {short_label(labels, pa[i])}", "tab:red" if fooled else "tab:green")
         _show(row[3], xa[i], ca[i], f"CAM (IoU {io[i]:.2f})")
+        for ax in row:
+            ax.axis("on")
     fig.tight_layout()
     save(fig, path)
 
@@ -108,7 +115,7 @@ def faithfulness_curves(fractions: Any, curves: dict[str, tuple[Any, Any]], path
         ax.set_ylabel("probability of explained class")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
         ax.set_title(head, fontsize=10)
     if title:
         fig.suptitle(plain(title), fontsize=11)

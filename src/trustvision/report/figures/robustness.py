@@ -1,6 +1,9 @@
 """Figures of the ``robustness`` section (and ``trustvision attack``): robust accuracy against budget ε,
 per-class clean vs robust bars, adversarial-example grids, plain bar charts.
 
+Shares are drawn as percentages and budgets are written as in the report's tables
+(:mod:`trustvision.report.labels`: ``8/255`` for k/255); legends sit outside the axes, never on data.
+
 Conventions: :mod:`.common` (pyplot-free matplotlib, Agg canvas, DPI 100).  Every helper takes plain
 Python / NumPy / torch inputs (any device) and a destination path, writes one PNG and returns ``None``.
 Images are (N, C, H, W) in [0, 1] with C = 1 or 3.
@@ -12,7 +15,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .common import as_numpy, figure_helper, plain, save, short_label, subplots, to_image, wrap_title
+from ..labels import budget_short, norm_name, pct, relabel
+from .common import (as_numpy, figure_helper, legend_outside, percent_axis, pick_examples, plain, save,
+                     short_label, subplots, to_image, wrap_title)
 
 WORST_CASE = "worst-case"
 
@@ -21,46 +26,87 @@ __all__ = ["robustness_curves", "example_grid", "per_class_bars", "bars", "WORST
 
 @figure_helper
 def robustness_curves(curves: dict[str, tuple[Sequence[float], Sequence[float]]], path: str | Path, *, norm: str,
-                      clean_acc: float, chance: float, title: str = "") -> None:
-    """Robust accuracy against budget ε: one line per attack, a bold worst-case line, a dashed chance line.
+                      clean_acc: float, chance: float, majority: float | None = None, title: str = "") -> None:
+    """Robust accuracy (in %) against budget ε: one line per attack over a broad worst-case band.
+
+    The worst case is drawn first, as a wide translucent band, so that an attack whose curve equals it
+    (PGD, usually) stays visible on top of it; the legend sits outside the axes and never hides a line.
+    Reference lines: clean accuracy (dotted), the majority-class rate (dashed: what a model that always
+    answers the most frequent class scores) and 1/K (dash-dotted, named as such).
 
     Args:
         curves: attack name -> (eps values, robust accuracies in [0, 1]), same length each.
-            The key ``"worst-case"`` (if present) is drawn bold and black, last.
+            The key ``"worst-case"`` (if present) is the band.
         path: PNG destination.
-        norm: norm name for the x-axis label (``"linf"``, ``"l2"``, ...).
-        clean_acc: clean accuracy, drawn as a dotted reference line.
-        chance: chance level (1 / number of classes), drawn dashed.
+        norm: norm name for the axis label (``"linf"``, ``"l2"``, ``"l0"``).
+        clean_acc: clean accuracy in [0, 1].
+        chance: 1/K, the uniform-guess rate.
+        majority: share of the most frequent class among the evaluated images (None: not drawn).
         title: figure title.
     """
-    fig, ax = subplots(figsize=(6.4, 4.0))
+    fig, ax = subplots(figsize=(7.4, 4.0))
     markers = "osD^v<>ph*"
+    budgets: set[float] = set()
+    if WORST_CASE in curves:
+        e, a = (as_numpy(v).astype(float) for v in curves[WORST_CASE])
+        budgets.update(e.tolist())
+        ax.plot(e, a, color="black", lw=9, alpha=0.18, solid_capstyle="round", zorder=1,
+                label="worst case (every attack failed)")
     for i, (name, (eps, acc)) in enumerate(curves.items()):
         if name == WORST_CASE:
             continue
         e, a = as_numpy(eps).astype(float), as_numpy(acc).astype(float)
-        ax.plot(e, a, marker=markers[i % len(markers)], ms=4, lw=1.4, alpha=0.85, label=plain(name))
-    if WORST_CASE in curves:
-        e, a = (as_numpy(v).astype(float) for v in curves[WORST_CASE])
-        ax.plot(e, a, color="black", lw=2.8, marker="o", ms=5, label="worst case", zorder=5)
-    ax.axhline(chance, color="grey", ls="--", lw=1, label=f"chance ({chance:.3g})")
-    ax.axhline(clean_acc, color="tab:green", ls=":", lw=1, label=f"clean ({clean_acc:.3g})")
-    pretty = {"linf": "L∞", "l2": "L2", "l0": "L0", "l1": "L1"}.get(norm.lower(), norm)
-    ax.set_xlabel(f"budget ε ({plain(pretty)})")
-    ax.set_ylabel("robust accuracy")
+        budgets.update(e.tolist())
+        ax.plot(e, a, marker=markers[i % len(markers)], ms=4.5, lw=1.5, zorder=3, label=plain(name))
+    if majority is not None:
+        ax.axhline(majority, color="tab:purple", ls="--", lw=1, label=f"majority class ({pct(majority)})")
+    ax.axhline(chance, color="grey", ls="-.", lw=1, label=f"1/K ({pct(chance)})")
+    ax.axhline(clean_acc, color="tab:green", ls=":", lw=1.2, label=f"clean ({pct(clean_acc)})")
+    _budget_ticks(ax, sorted(budgets))
+    ax.set_xlabel(f"budget ε ({plain(norm_name(norm))})")
+    ax.set_ylabel("robust accuracy (of all images)")
     ax.set_ylim(-0.02, 1.02)
+    percent_axis(ax)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    legend_outside(ax)
     if title:
-        ax.set_title(plain(title), fontsize=11)
+        ax.set_title(plain(relabel(title)), fontsize=11)
     save(fig, path)
+
+
+def _budget_ticks(ax, budgets: list[float]) -> None:
+    """Ticks at the budgets asked, written as in the tables (``8/255`` for k/255), rotated when crowded."""
+    if not budgets or len(budgets) > 12:
+        return
+    ax.set_xticks(budgets)
+    ax.set_xticklabels([budget_short(b) for b in budgets], fontsize=8, rotation=35 if len(budgets) > 4 else 0,
+                       ha="right" if len(budgets) > 4 else "center")
+
+
+def _distance(delta: np.ndarray, norm: str | None) -> str:
+    """The size of one perturbation (C, H, W) in the attack's norm (both L∞ and L2 when unknown)."""
+    linf = float(np.abs(delta).max()) if delta.size else 0.0
+    l2 = float(np.sqrt((delta.astype(np.float64) ** 2).sum()))
+    key = (norm or "").lower()
+    if key == "l2":
+        return f"L2={l2:.3g}"
+    if key == "l0":
+        return f"L0={int((np.abs(delta) > 1e-6).any(0).sum())} px"
+    if key == "l1":
+        return f"L1={float(np.abs(delta).sum()):.3g}"
+    if key == "linf":
+        return f"L∞={linf:.3g}"
+    return f"L∞={linf:.3g}, L2={l2:.3g}"
 
 
 @figure_helper
 def example_grid(x: Any, x_adv: Any, y: Any, pred_clean: Any, pred_adv: Any, conf_clean: Any, conf_adv: Any,
-                 labels: Sequence[str], path: str | Path, *, max_examples: int = 8,
-                 amplify: float | None = None) -> None:
-    """Rows of (original | adversarial | amplified perturbation) for up to ``max_examples`` images.
+                 labels: Sequence[str], path: str | Path, *, max_examples: int = 8, norm: str | None = None,
+                 amplify: float | None = None, per_row: int | None = None) -> None:
+    """(original | adversarial | amplified perturbation) triplets for up to ``max_examples`` images.
+
+    Images are chosen fooled first and spread over the classes (:func:`.common.pick_examples`); two
+    triplets share a row when there are more than four, so eight examples take four rows.
 
     Args:
         x, x_adv: (N, C, H, W) images in [0, 1], C = 1 or 3 (torch or NumPy, any device).
@@ -68,53 +114,58 @@ def example_grid(x: Any, x_adv: Any, y: Any, pred_clean: Any, pred_adv: Any, con
         conf_clean, conf_adv: (N,) softmax confidence of the respective prediction.
         labels: class names (index -> name); indices outside it are shown as numbers.
         path: PNG destination.
-        max_examples: number of rows drawn at most.
-        amplify: factor for the perturbation column; by default each row is stretched so that its
+        max_examples: number of triplets drawn at most.
+        norm: the attack's norm (``linf``, ``l2``, ``l0``): the perturbation is measured in it
+            (None: both L∞ and L2 are given).
+        amplify: factor for the perturbation column; by default each one is stretched so that its
             largest absolute change fills the full range.  Grey (0.5) means no change.
+        per_row: triplets per row (default: 1 for up to 4 examples, else 2).
     """
     x, xa = as_numpy(x).astype(np.float32), as_numpy(x_adv).astype(np.float32)
     if x.ndim == 3:                                # (N, H, W) -> (N, 1, H, W)
         x, xa = x[:, None], xa[:, None]
     y, pc, pa = (as_numpy(v).astype(int).reshape(-1) for v in (y, pred_clean, pred_adv))
     cc, ca = (as_numpy(v).astype(float).reshape(-1) for v in (conf_clean, conf_adv))
-    n = min(len(x), max_examples)
-    fig, axes = subplots(max(n, 1), 3, figsize=(6.6, 2.3 * max(n, 1)))
+    pick = pick_examples(y, pa != y, max_examples)
+    n = len(pick)
+    per = per_row or (1 if n <= 4 else 2)
+    rows = max(-(-n // per), 1)
+    fig, axes = subplots(rows, 3 * per, figsize=(6.6 * per, 2.3 * rows))
+    for ax in axes.reshape(-1):
+        ax.axis("off")
     if n == 0:
-        for ax in axes[0]:
-            ax.axis("off")
         axes[0, 1].text(0.5, 0.5, "no examples", ha="center", va="center")
-    gray = x.shape[1] == 1
-    cmap = "gray" if gray else None
-    for i in range(n):
-        delta = xa[i] - x[i]
-        linf = float(np.abs(delta).max()) if delta.size else 0.0
-        k = amplify if amplify is not None else (0.5 / linf if linf > 0 else 1.0)
-        pert = np.clip(0.5 + k * delta, 0.0, 1.0)
-        row = axes[i]
-        ok = pc[i] == y[i]
-        row[0].imshow(to_image(x[i]), cmap=cmap, vmin=0, vmax=1)
-        title = f"true {short_label(labels, y[i])} → pred {short_label(labels, pc[i])} ({cc[i]:.2f})"
-        row[0].set_title(wrap_title(title), fontsize=8, color="black" if ok else "tab:red")
-        row[1].imshow(to_image(xa[i]), cmap=cmap, vmin=0, vmax=1)
-        fooled = pa[i] != y[i]
-        row[1].set_title(f"pred {short_label(labels, pa[i])} ({ca[i]:.2f})", fontsize=8,
-                         color="tab:red" if fooled else "tab:green")
-        row[2].imshow(to_image(pert), cmap=cmap, vmin=0, vmax=1)
-        row[2].set_title(f"×{k:.3g}, L∞={linf:.3g}", fontsize=8)
-        for ax in row:
-            ax.set_xticks([])
-            ax.set_yticks([])
-    if n:
-        for ax, head in zip(axes[0], ("original", "adversarial", "perturbation")):
-            ax.set_title(f"{head}\n{ax.get_title()}", fontsize=8, color=ax.title.get_color())
+    for slot, i in enumerate(pick):
+        _triplet(axes[slot // per, 3 * (slot % per): 3 * (slot % per) + 3], x[i], xa[i], int(y[i]), int(pc[i]),
+                 int(pa[i]), float(cc[i]), float(ca[i]), labels, norm, amplify, head=slot < per)
     fig.tight_layout()
     save(fig, path)
+
+
+def _triplet(row, x, xa, y: int, pc: int, pa: int, cc: float, ca: float, labels, norm, amplify, *, head: bool):
+    """Draw one (original | adversarial | perturbation) triplet on three axes."""
+    cmap = "gray" if x.shape[0] == 1 else None
+    delta = xa - x
+    peak = float(np.abs(delta).max()) if delta.size else 0.0
+    k = amplify if amplify is not None else (0.5 / peak if peak > 0 else 1.0)
+    pert = np.clip(0.5 + k * delta, 0.0, 1.0)
+    titles = [(wrap_title(f"true {short_label(labels, y)} → pred {short_label(labels, pc)} ({cc:.2f})"),
+               "black" if pc == y else "tab:red"),
+              (f"pred {short_label(labels, pa)} ({ca:.2f})", "tab:red" if pa != y else "tab:green"),
+              (f"×{k:.3g}, {_distance(delta, norm)}", "black")]
+    for ax, img, (text, color), head_text in zip(row, (x, xa, pert), titles, ("original", "adversarial",
+                                                                              "perturbation")):
+        ax.axis("on")
+        ax.imshow(to_image(img), cmap=cmap, vmin=0, vmax=1)
+        ax.set_title(f"{head_text}\n{text}" if head else text, fontsize=8, color=color)
+        ax.set_xticks([])
+        ax.set_yticks([])
 
 
 @figure_helper
 def per_class_bars(labels: Sequence[str], clean_acc_per_class: Sequence[float],
                    robust_acc_per_class: Sequence[float], path: str | Path, *, title: str) -> None:
-    """Grouped bars: clean vs robust accuracy for each class.
+    """Grouped bars: clean vs robust accuracy (in % of the class's images) for each class; legend outside.
 
     Args:
         labels: K class names (shorter lists are padded with indices).
@@ -128,17 +179,18 @@ def per_class_bars(labels: Sequence[str], clean_acc_per_class: Sequence[float],
     names = [short_label(labels, i) for i in range(k)]
     idx = np.arange(k)
     w = 0.4
-    fig, ax = subplots(figsize=(max(5.0, min(0.45 * k + 2, 14.0)), 3.8))
+    fig, ax = subplots(figsize=(max(6.0, min(0.45 * k + 3.2, 15.0)), 3.8))
     ax.bar(idx - w / 2, np.nan_to_num(c), w, label="clean", color="tab:blue")
     ax.bar(idx + w / 2, np.nan_to_num(r), w, label="robust (worst case)", color="tab:red")
     ax.set_xticks(idx)
     rotate = k > 10 or max(map(len, names), default=0) > 4
     ax.set_xticklabels(names, rotation=45 if rotate else 0, ha="right" if rotate else "center", fontsize=8)
     ax.set_ylim(0, 1.05)
-    ax.set_ylabel("accuracy")
+    percent_axis(ax)
+    ax.set_ylabel("accuracy (of the class's images)")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(plain(title), fontsize=11)
+    legend_outside(ax)
+    ax.set_title(plain(relabel(title)), fontsize=11)
     save(fig, path)
 
 
@@ -163,5 +215,5 @@ def bars(names: Sequence[str], values: Sequence[float], path: str | Path, *, tit
     ax.set_xticklabels(names, rotation=45 if rotate else 0, ha="right" if rotate else "center", fontsize=8)
     ax.set_ylabel(plain(ylabel))
     ax.grid(axis="y", alpha=0.3)
-    ax.set_title(plain(title), fontsize=11)
+    ax.set_title(plain(relabel(title)), fontsize=11)
     save(fig, path)

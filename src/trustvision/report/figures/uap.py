@@ -10,7 +10,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .common import as_numpy, figure_helper, plain, save, short_label, subplots, to_image
+from ..labels import norm_name, pct, relabel
+from .common import (as_numpy, figure_helper, legend_outside, percent_axis, plain, save, short_label, subplots,
+                     to_image)
 
 __all__ = ["amplified", "uap_image", "before_after", "convergence", "zeta_sweep_plot", "transfer_heatmap"]
 
@@ -27,7 +29,7 @@ def uap_image(v: Any, path: str | Path, *, title: str = "") -> None:
     a = amplified(v)
     fig, ax = subplots(figsize=(3.2, 3.4))
     ax.imshow(to_image(a), cmap="gray" if a.shape[0] == 1 else None, vmin=0, vmax=1)
-    ax.set_title(plain(title), fontsize=8)
+    ax.set_title(plain(relabel(title)), fontsize=8)
     ax.set_xticks([])
     ax.set_yticks([])
     save(fig, path)
@@ -35,7 +37,11 @@ def uap_image(v: Any, path: str | Path, *, title: str = "") -> None:
 
 @figure_helper
 def before_after(x: Any, x_adv: Any, pred: Any, pred_adv: Any, labels: Sequence[str], path: str | Path) -> None:
-    """Two rows: clean images with their predictions, the same images + UAP with theirs (red = changed)."""
+    """Two rows: clean images with their predictions, the same images + UAP with theirs (red = changed).
+
+    Drawn in the order given: the section picks fooled images of several classes first
+    (:func:`.common.pick_examples`).  x, x_adv: (N, C, H, W) in [0, 1]; pred, pred_adv: (N,).
+    """
     xs, xa = as_numpy(x).astype(np.float32), as_numpy(x_adv).astype(np.float32)
     p, pa = as_numpy(pred).astype(int), as_numpy(pred_adv).astype(int)
     n = max(len(xs), 1)
@@ -62,11 +68,12 @@ def convergence(curve: Sequence[float], path: str | Path, *, ylabel: str, stop_r
     fig, ax = subplots(figsize=(5.0, 3.2))
     ax.plot(range(len(curve)), list(curve), marker="o", ms=4)
     if stop_rate is not None:
-        ax.axhline(stop_rate, color="grey", ls="--", lw=1, label=f"stop at {stop_rate:.2g}")
-        ax.legend(fontsize=8)
+        ax.axhline(stop_rate, color="grey", ls="--", lw=1, label=f"stop at {pct(stop_rate, 0)}")
+        legend_outside(ax)
     ax.set_xlabel("pass")
     ax.set_ylabel(plain(ylabel))
     ax.set_ylim(0, 1)
+    percent_axis(ax)
     ax.grid(alpha=0.3)
     save(fig, path)
 
@@ -79,10 +86,11 @@ def zeta_sweep_plot(sweep: dict, path: str | Path, *, ylabel: str, norm: str) ->
     for name, style in (("uap", "-o"), ("permuted", "--s"), ("random", ":^")):
         ax.plot(z, sweep[name], style, ms=4, label={"uap": "UAP", "permuted": "pixel-permuted UAP",
                                                      "random": "uniform random"}[name])
-    ax.set_xlabel(f"ζ = ||v|| / mean ||x|| ({'L∞' if norm == 'linf' else 'L2'})")
+    ax.set_xlabel(f"ζ = ||v|| / mean ||x|| ({norm_name(norm)})")
     ax.set_ylabel(plain(ylabel))
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=8)
+    percent_axis(ax)
+    legend_outside(ax)
     ax.grid(alpha=0.3)
     save(fig, path)
 
@@ -95,7 +103,7 @@ def transfer_heatmap(tm: dict, path: str | Path) -> None:
     ax.imshow(m, vmin=0, vmax=1, cmap="viridis")
     for i in range(m.shape[0]):
         for j in range(m.shape[1]):
-            ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", color="white" if m[i, j] < 0.6 else "black")
+            ax.text(j, i, pct(m[i, j], 0), ha="center", va="center", color="white" if m[i, j] < 0.6 else "black")
     ax.set_xticks(range(m.shape[1]), [plain(t) for t in tm["targets"]], rotation=30, fontsize=8)
     ax.set_yticks(range(m.shape[0]), [plain(t) for t in tm["sources"]], fontsize=8)
     ax.set_xlabel("evaluated on")
