@@ -202,3 +202,85 @@ def test_cli_explain(mnist_setup, tmp_path):
     assert sum(sum(row[1:]) for row in sec["tables"][2]["rows"]) == 40        # group x cluster covers all images
     r = CliRunner().invoke(app, [*common, "--layer", "no.such", "--out", str(tmp_path / "p")])
     assert r.exit_code == 2 and "no.such" in r.output
+
+
+# ------------------------------------------------------------------ callable targets (explain/targets.py)
+def _peer_maps(clf, x, targets, layer, method="gradcam"):
+    import pytorch_grad_cam as cams
+    peer_model = copy.deepcopy(clf.module)
+    _, module = find_layer(peer_model, layer)
+    cls = {"gradcam": cams.GradCAM, "gradcam++": cams.GradCAMPlusPlus}[method]
+    with cls(model=peer_model, target_layers=[module]) as peer:
+        return peer(input_tensor=x, targets=targets)
+
+
+@pytest.mark.slow
+def test_callable_targets_match_pytorch_grad_cam(mnist_clf, mnist_batch):
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget as PeerTarget
+    from trustvision.explain import ClassifierOutputTarget, MarginTarget
+    x, y = mnist_batch[0][:16], mnist_batch[1][:16]
+    # class output: our object (batched) and the peer's object (per image) against the peer
+    ref = _peer_maps(mnist_clf, x, [PeerTarget(int(t)) for t in y], None)
+    ours = CAM("gradcam")(mnist_clf, x, ClassifierOutputTarget(y)).maps.numpy()
+    theirs_in_ours = CAM("gradcam")(mnist_clf, x, [PeerTarget(int(t)) for t in y]).maps.numpy()
+    assert _corr_rows(ours, ref).min() > 0.999 and _corr_rows(theirs_in_ours, ref).min() > 0.999
+
+    # margin: the peer with a hand-written per-image margin function
+    def peer_margin(c):
+        return lambda o: o[c] - torch.cat([o[:c], o[c + 1:]]).max()
+    wrong = (y + 3) % 10                                # a class that is not the prediction: negative margins
+    for cls_ in (y, wrong):
+        ref = _peer_maps(mnist_clf, x, [peer_margin(int(c)) for c in cls_], None)
+        ours = CAM("gradcam")(mnist_clf, x, MarginTarget(cls_)).maps.numpy()
+        keep = ref.reshape(len(ref), -1).std(1) > 1e-6    # both map to 0 where the ReLU kills everything
+        assert _corr_rows(ours[keep], ref[keep]).min() > 0.999
+    # per-image target objects are stacked into one batched target: same maps
+    listed = CAM("gradcam")(mnist_clf, x, [MarginTarget(int(c)) for c in y]).maps
+    assert torch.allclose(listed, CAM("gradcam")(mnist_clf, x, MarginTarget(y)).maps, atol=1e-6)
+
+
+def _close(ours: np.ndarray, ref: np.ndarray) -> float:
+    keep = ref.reshape(len(ref), -1).std(1) > 1e-6          # both all-zero where the ReLU kills everything
+    assert keep.sum() >= len(ref) // 2
+    return float(_corr_rows(ours[keep], ref[keep]).min())
+
+
+def test_regression_and_adversarial_targets_match_peer(mnist_clf, mnist_batch):
+    from trustvision.explain import AdversarialTarget, RegressionTarget
+    clf = mnist_clf                                      # its 10 outputs read as 10 regression outputs
+    x, y = mnist_batch[0][:12], mnist_batch[1][:12]
+    for method in ("gradcam", "gradcam++"):
+        ref = _peer_maps(clf, x, [lambda o: o[3]] * len(x), None, method)     # the peer's regression target
+        res = CAM(method)(clf, x, RegressionTarget(3))
+        assert (res.target == -1).all()
+        assert _close(res.maps.numpy(), ref) > 0.999
+    fn = RegressionTarget(fn=lambda o: o[..., 0] - 2 * o[..., 1])
+    ref = _peer_maps(clf, x, [lambda o: o[0] - 2 * o[1]] * len(x), None)
+    assert _close(CAM("gradcam")(clf, x, fn).maps.numpy(), ref) > 0.999
+    adv_class = (y + 1) % 10
+    adv = CAM("gradcam")(clf, x, AdversarialTarget(adv_class, source=y))
+    assert torch.equal(adv.target, adv_class)
+    ref = _peer_maps(clf, x, [(lambda a, b: (lambda o: o[a] - o[b]))(int(a), int(b)) for a, b in zip(adv_class, y)],
+                     None)
+    assert _close(adv.maps.numpy(), ref) > 0.999
+    with pytest.raises(TrustVisionError, match="regression output"):
+        CAM()(clf, x, RegressionTarget(10))
+    with pytest.raises(TrustVisionError, match="3 targets for 12 images"):
+        CAM()(clf, x, [RegressionTarget(0)] * 3)
+
+
+def test_gradcampp_guard_and_negative_activation_fraction(mnist_clf, mnist_batch):
+    from trustvision.explain.cam import METHODS, PP_GUARD
+    # hand case: channel sum S = -2, so 2 + S g = 0 at g = 1 (guarded), = 1 at g = 0.5 (alpha = 1)
+    acts = torch.zeros(1, 1, 1, 4)
+    acts[0, 0, 0] = torch.tensor([-1.0, -1.0, 0.5, -0.5])          # S = -2
+    grads = torch.tensor([1.0, 0.5, 1.0 + PP_GUARD / 4, -1.0]).view(1, 1, 1, 4)
+    w = METHODS.get("gradcam++")(acts, grads) / acts                # channel weight, broadcast
+    # alpha: 0 (|d| = 0 < guard), 1/(2 - 1) = 1, 0 (|d| = guard/2 < guard), relu(g) = 0
+    expected = 0.0 + 1.0 * 0.5 + 0.0 + 0.0
+    assert torch.isfinite(w).all() and float(w[0, 0, 0, 0]) == pytest.approx(expected)
+    # post-ReLU layer: no negatives, guard inactive (exact paper formula: see test_gradcampp_matches_paper_formula)
+    x = mnist_batch[0][:8]
+    assert float(CAM("gradcam++")(mnist_clf, x).negative_fraction.max()) == 0.0
+    pre = CAM("gradcam++", "6")(mnist_clf, x)                         # the conv before its ReLU
+    assert float(pre.negative_fraction.min()) > 0.05 and torch.isfinite(pre.maps).all()

@@ -230,3 +230,67 @@ def test_bad_options_fail_with_one_line(tmp_path):
     r = CliRunner().invoke(app, ["zeroshot", "--data", "mnist", "--classes", "0,1", "--attack", "fgsm",
                                  "--out", str(tmp_path)])
     assert r.exit_code == 2 and ">= 3 classes" in r.output
+
+
+# ------------------------------------------------------------------ metric readings (issue 17), by hand
+def test_davies_bouldin_heldout_by_hand_and_sklearn():
+    from sklearn.metrics import davies_bouldin_score
+    held = np.array([[0.0, 0.0], [2.0, 0.0]])          # centroid (1, 0); distances 1, 1
+    seen = np.array([[5.0, 0.0], [7.0, 0.0], [1.0, 4.0], [1.0, 6.0]])
+    lab = np.array([0, 0, 1, 1])                        # centroids (6, 0) and (1, 5); scatters 1, 1
+    # R = max((1 + 1) / 5, (1 + 1) / 5) = 0.4 (both at distance 5), with q = 1 and q = 2 alike
+    assert zm.davies_bouldin_heldout(held, seen, lab, q=2) == pytest.approx(0.4)
+    seen2 = np.array([[4.0, 0.0], [6.0, 0.0], [1.0, 4.0], [1.0, 6.0]])    # first centroid now at distance 4
+    assert zm.davies_bouldin_heldout(held, seen2, lab) == pytest.approx(2 / 4)
+    # with q = 1, the mean of the ratios over all clusters is sklearn's Davies-Bouldin index
+    rng = np.random.default_rng(0)
+    pts = [rng.normal(c, s, (30, 3)) for c, s in ((0, 0.3), (2, 0.5), (4, 0.2))]
+    allp, alll = np.vstack(pts), np.repeat([0, 1, 2], 30)
+    ratios = [zm.davies_bouldin_heldout(pts[i], allp[alll != i], alll[alll != i], q=1) for i in range(3)]
+    assert np.mean(ratios) == pytest.approx(davies_bouldin_score(allp, alll), rel=1e-10)
+    assert zm.davies_bouldin_heldout(held, seen[:0], lab[:0]) is None
+
+
+def test_pca_2d_and_projected_scatter_by_hand():
+    pts = np.array([[1.0, 0, 0, 0], [-1, 0, 0, 0], [0, 2, 0, 0], [0, -2, 0, 0], [0, 0, 0.1, 0]])
+    p = zm.pca_2d(pts)
+    assert p.shape == (5, 2)
+    assert np.allclose(np.abs(p[:, 0]), [0, 0, 2, 2, 0], atol=1e-9)     # first axis: the 2nd coordinate
+    assert np.allclose(np.abs(p[:, 1]), [1, 1, 0, 0, 0], atol=1e-9)     # the third coordinate is dropped
+    # scatter in the projection = sqrt of the two leading eigenvalues' sum (q = 2)
+    cov = np.cov(pts.T, bias=True)
+    lam = np.sort(np.linalg.eigvalsh(cov))[::-1]
+    assert zm.dbm(p) == pytest.approx(np.sqrt(lam[0] + lam[1]), rel=1e-10)
+    assert zm.dbm(p) <= zm.dbm(pts) + 1e-12
+
+
+def test_amalgam_readings_by_hand():
+    full_logits = np.log(np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]]))   # class k = 0 held out
+    soft = np.array([[0.5, 0.5], [0.9, 0.1]])
+    g = np.array([[2 / 3, 1 / 3], [1 / 3, 2 / 3]])                        # per image, entry 0 dropped
+    assert zm.amalgam(soft, full_logits, 0) == pytest.approx(np.abs(soft.mean(0) - g.mean(0)).sum())
+    # mean first: mean softmax (0.4, 0.25, 0.35) -> drop k -> (0.25, 0.35) / 0.6
+    assert zm.amalgam_mean_first(soft, full_logits, 0) == pytest.approx(
+        abs(0.7 - 0.25 / 0.6) + abs(0.3 - 0.35 / 0.6))
+    # per image: mean of ||s_i - g_i||_1 = ((1/6 + 1/6) + (0.9 - 1/3 + 2/3 - 0.1)) / 2
+    assert zm.amalgam_per_image(soft, full_logits, 0) == pytest.approx((1 / 3 + (0.9 - 1 / 3) * 2) / 2)
+    v = zm.variants(soft, np.array([[0.1, 0.9], [0.2, 0.8]]), np.array([1, 1]), full_logits, 0)
+    assert set(v) == set(zm.DBM_VARIANTS + zm.AM_VARIANTS)
+    assert v["dbm"] == pytest.approx(zm.dbm(soft)) and v["am_per_image"] == pytest.approx(
+        zm.amalgam_per_image(soft, full_logits, 0))
+
+
+def test_fisher_ci_by_hand():
+    r, n = 0.5, 28
+    lo, hi = zm.fisher_ci(r, n)
+    h = 1.959963984540054 / 5.0                      # z_{0.975} / sqrt(n - 3)
+    assert lo == pytest.approx(np.tanh(np.arctanh(0.5) - h)) and hi == pytest.approx(np.tanh(np.arctanh(0.5) + h))
+    assert zm.fisher_ci(0.5, 3) is None
+    c = zm.correlate(np.arange(10.0), np.arange(10.0) ** 2)
+    assert c["pearson_ci"][0] < c["pearson_r"] < c["pearson_ci"][1] <= 1
+
+
+def test_new_zoo_members_are_registered():
+    from trustvision.models.zoo.paper import ZOO_12
+    assert len(ZOO_12) == 12 and set(ZOO_12) <= set(zoo.ARCHS)
+    assert {"vgg19", "mobilenet"} <= set(PAPER_ARCHS)

@@ -4,11 +4,18 @@
   Gradient-based Localization", ICCV 2017:  ``w_c = mean_ij g_cij``, ``map = ReLU(Σ_c w_c A_c)``.
 * Grad-CAM++ — Chattopadhay et al., "Grad-CAM++: Generalized Gradient-based Visual
   Explanations for Deep Convolutional Networks", WACV 2018, closed form (exponential score):
-  ``α_cij = g² / (2 g² + (Σ_ab A_cab) g³)`` (0 where the denominator is 0),
-  ``w_c = Σ_ij α_cij ReLU(g_cij)``, ``map = ReLU(Σ_c w_c A_c)``.
+  ``α_cij = g² / (2 g² + (Σ_ab A_cab) g³) = 1 / (2 + S_c g_cij)`` with ``S_c = Σ_ab A_cab``,
+  ``w_c = Σ_ij α_cij ReLU(g_cij)``, ``map = ReLU(Σ_c w_c A_c)``.  Guard: α = 0 where g = 0 or where
+  ``|2 + S_c g| < PP_GUARD`` (0.01).  With non-negative activations (a layer after a ReLU) ``2 + S g >= 2``
+  wherever ``ReLU(g) > 0``, so the guard never acts and the paper's formula holds exactly; on a layer with
+  negative activations the denominator can cross zero (α explodes or turns negative): :class:`CAMResult`
+  reports the share of negative activations so callers can flag it.
 * LayerCAM — Jiang et al., "LayerCAM: Exploring Hierarchical Class Activation Maps for
   Localization", IEEE TIP 2021:  ``map = ReLU(Σ_c ReLU(g_c) ⊙ A_c)``.
 * HiResCAM — Draelos & Carin 2020:  ``map = ReLU(Σ_c g_c ⊙ A_c)``.
+
+Targets: what is explained is a callable (:mod:`.targets`, the pytorch-grad-cam target-object pattern):
+a class output, a regression output, a margin, an adversarial class; class indices still work.
 
 Each method is a weighting function ``(A, g) -> weighted (N, K, h, w)`` in the :data:`METHODS`
 registry; :func:`cam_from` sums it over channels and rectifies.
@@ -27,7 +34,7 @@ so its preprocessing (resize, mean/std) applies.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +43,7 @@ from torch import Tensor, nn
 from ..errors import TrustVisionError
 from ..models.classifier import Classifier
 from ..registry import Registry
+from .targets import resolve
 
 Reshape = Callable[[Tensor], Tensor]
 Weighting = Callable[[Tensor, Tensor], Tensor]
@@ -51,12 +59,16 @@ class CAMResult:
 
     Attributes:
         maps: (N, H, W) float32 maps (in [0, 1] when normalised), on the classifier's device.
-        target: (N,) int64 explained classes.  logits: (N, num_classes) fp32 clean logits.
+        target: (N,) int64 explained classes (-1 where the target is not one class, e.g. a regression score).
+        logits: (N, num_classes) fp32 clean logits (model outputs).
+        negative_fraction: (N,) share of negative values in the target layer's activations (> 0 makes
+            Grad-CAM++ ill-conditioned, see the module docstring).
     """
 
     maps: Tensor
     target: Tensor
     logits: Tensor
+    negative_fraction: Tensor | None = None
 
 
 # ------------------------------------------------------------------ layers
@@ -123,12 +135,21 @@ def _gradcam(acts: Tensor, grads: Tensor) -> Tensor:
     return grads.mean((2, 3), keepdim=True) * acts
 
 
+PP_GUARD = 1e-2
+"""Grad-CAM++ guard: α = 0 where ``|2 + S g| < PP_GUARD`` (α would exceed 1/PP_GUARD = 100; it is at most 1/2
+when activations are non-negative)."""
+
+
 @METHODS.register("gradcam++")
 def _gradcam_pp(acts: Tensor, grads: Tensor) -> Tensor:
-    """Grad-CAM++ (Chattopadhay et al., WACV 2018): closed-form pixel weights alpha on the positive gradient."""
-    g2 = grads * grads
-    denom = 2 * g2 + acts.sum((2, 3), keepdim=True) * g2 * grads
-    alpha = torch.where(denom != 0, g2 / torch.where(denom != 0, denom, torch.ones_like(denom)), 0.0)
+    """Grad-CAM++ (Chattopadhay et al., WACV 2018): closed-form pixel weights alpha on the positive gradient.
+
+    ``α = g² / (2g² + S g³) = 1 / (2 + S g)`` (S the channel's activation sum), 0 where g = 0 or where
+    ``|2 + S g| < PP_GUARD`` (a denominator near zero: only possible with negative activations).
+    """
+    d = 2 + acts.sum((2, 3), keepdim=True) * grads            # denominator / g², (N, K, h, w)
+    ok = (grads != 0) & (d.abs() >= PP_GUARD)
+    alpha = torch.where(ok, 1.0 / torch.where(ok, d, torch.ones_like(d)), torch.zeros_like(d))
     return (alpha * grads.clamp_min(0)).sum((2, 3), keepdim=True) * acts
 
 
@@ -157,12 +178,13 @@ def normalize_maps(maps: Tensor) -> Tensor:
     return torch.where((hi > lo).view(-1, 1, 1), (maps - lo.view(-1, 1, 1)) / span, torch.zeros_like(maps))
 
 
-def activations_and_grads(clf: Classifier, x: Tensor, target: Tensor | None, layer: nn.Module,
+def activations_and_grads(clf: Classifier, x: Tensor, target: Any, layer: nn.Module,
                           reshape: Reshape | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """One forward + one backward: ``(A, g, target, logits)``.
 
     Args:
-        x: (N, C, H, W) pixels on the classifier's device.  target: (N,) classes or None (predicted).
+        x: (N, C, H, W) pixels on the classifier's device.  target: what to explain (see
+            :func:`.targets.resolve`): None (predicted class), (N,) classes, one callable target, or N of them.
         layer: a submodule of ``clf.module``.  reshape: maps the layer output to (N, K, h, w).
     Returns: A, g (N, K, h, w) detached; target (N,); logits (N, num_classes) detached.
     """
@@ -181,11 +203,12 @@ def activations_and_grads(clf: Classifier, x: Tensor, target: Tensor | None, lay
             logits = clf(x)
             if not store:
                 raise TrustVisionError("the target layer was not used in the forward pass")
-            tgt = logits.argmax(1) if target is None else target.to(logits.device, torch.long)
-            if tgt.shape != (len(x),) or bool(((tgt < 0) | (tgt >= clf.num_classes)).any()):
+            if isinstance(target, Tensor) and not target.is_floating_point() and target.shape == (len(x),) and \
+                    bool(((target < 0) | (target >= clf.num_classes)).any()):
                 raise TrustVisionError(f"CAM targets must be (N,) classes in 0..{clf.num_classes - 1}")
+            scores, tgt = resolve(target, logits)
             acts = store[-1]
-            (grads,) = torch.autograd.grad(logits.gather(1, tgt[:, None]).sum(), acts, allow_unused=True)
+            (grads,) = torch.autograd.grad(scores.sum(), acts, allow_unused=True)
     finally:
         handle.remove()
     if grads is None:
@@ -222,29 +245,40 @@ class CAM:
         """Dotted name of the layer used for ``clf``."""
         return find_layer(clf.module, self.layer)[0]
 
-    def __call__(self, clf: Classifier, x: Tensor, target: Tensor | None = None) -> CAMResult:
-        """Maps (N, H, W) for images ``x`` (N, C, H, W) on the classifier's device; ``target`` (N,) or None."""
+    def __call__(self, clf: Classifier, x: Tensor, target: Any = None) -> CAMResult:
+        """Maps (N, H, W) for images ``x`` (N, C, H, W) on the classifier's device.
+
+        ``target``: None (predicted class), (N,) classes, a target object of :mod:`.targets` (e.g.
+        ``RegressionTarget(0)``, ``MarginTarget(3)``) or a list of N per-image targets (pytorch-grad-cam's too).
+        """
         _, layer = find_layer(clf.module, self.layer)
         acts, grads, tgt, logits = activations_and_grads(clf, x, target, layer, self.reshape)
         maps = cam_from(acts, grads, self.method)
         maps = F.interpolate(maps[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-        return CAMResult(normalize_maps(maps) if self.normalize else maps, tgt, logits)
+        neg = (acts < 0).flatten(1).float().mean(1)
+        return CAMResult(normalize_maps(maps) if self.normalize else maps, tgt, logits, neg)
 
 
-def compute_cams(clf: Classifier, x: Tensor, target: Tensor | None = None, *, method: str = "gradcam++",
+def compute_cams(clf: Classifier, x: Tensor, target: Any = None, *, method: str = "gradcam++",
                  layer: str | nn.Module | None = None, batch_size: int = 128,
                  reshape: Reshape | None = None) -> CAMResult:
     """:class:`CAM` over a whole tensor (any device) in device batches; results on the CPU.
 
-    Args: x (N, C, H, W) in [0, 1]; target (N,) or None.  Returns maps (N, H, W), target (N,), logits (N, K).
+    Args: x (N, C, H, W) in [0, 1]; target: None, (N,) classes, a list of N targets (both sliced per batch),
+    or one target object applied to every batch (its fields must then be per-image scalars).
+    Returns maps (N, H, W), target (N,), logits (N, K), negative_fraction (N,).
     """
     cam = CAM(method, layer, reshape=reshape)
     parts = []
     for i in range(0, len(x), batch_size):
-        t = None if target is None else target[i:i + batch_size].to(clf.device)
+        t = target
+        if isinstance(target, Tensor):
+            t = target[i:i + batch_size].to(clf.device)
+        elif isinstance(target, (list, tuple)):
+            t = target[i:i + batch_size]
         r = cam(clf, x[i:i + batch_size].to(clf.device), t)
-        parts.append((r.maps.cpu(), r.target.cpu(), r.logits.cpu()))
+        parts.append((r.maps.cpu(), r.target.cpu(), r.logits.cpu(), r.negative_fraction.cpu()))
     if not parts:
         return CAMResult(torch.zeros(0, *x.shape[-2:]), torch.zeros(0, dtype=torch.long),
-                         torch.zeros(0, clf.num_classes))
+                         torch.zeros(0, clf.num_classes), torch.zeros(0))
     return CAMResult(*(torch.cat(p) for p in zip(*parts)))

@@ -1,7 +1,8 @@
 """Clustering of attention maps, and whether groups of images attend differently.
 
-The method of Sakaguchi et al. (Takimoto's group), "Visualizing what a photo-aesthetics CNN
-attends to", Cogent Engineering 2022: compute Grad-CAM++ maps, cluster them with k-means
+The method of Sakaguchi, Takimoto et al., "Study on relationship between composition and prediction
+of photo aesthetics using CNN", Cogent Engineering 9(1), 2022: compute Grad-CAM++ maps of a CNN that
+predicts an aesthetics *score* (a regression target, :class:`~.targets.RegressionTarget`), cluster them with k-means
 (MacQueen 1967; Lloyd's algorithm, k-means++ seeding, scikit-learn) and read each cluster's
 mean map as one of the model's representative regions of attention; then compare how groups
 of images (classes, or genres given by the user) spread over the clusters.

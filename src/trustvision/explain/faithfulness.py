@@ -16,7 +16,8 @@ A seeded uniform random map gives the baseline a real map must beat.
 Shapes: images (N, C, H, W) in [0, 1]; saliency (N, H, W); curves (N, steps + 1); AUCs (N,).
 Batched: the masked images of all steps of a batch are built with one broadcast
 comparison against each pixel's rank and classified in large stacked forward passes
-(``max_images`` images per pass), in inference mode.
+(``max_images`` images per pass; by default :func:`trustvision.batching.forward_batch` for the
+device and image size: a few hundred small images on a CPU, thousands on a GPU), in inference mode.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..batching import forward_batch
 from ..errors import TrustVisionError
 from ..models.classifier import Classifier
 
@@ -97,7 +99,7 @@ def auc(curve: Tensor) -> Tensor:
 
 def deletion_insertion(clf: Classifier, x: Tensor, saliency: Tensor, target: Tensor, *, steps: int = 28,
                        deletion_baseline: str = "zero", blur_sigma: float = 5.0, batch_size: int = 64,
-                       max_images: int = 2048, seed: int = 0) -> FaithfulnessResult:
+                       max_images: int | None = None, seed: int = 0) -> FaithfulnessResult:
     """Deletion and insertion curves for saliency maps.
 
     Args:
@@ -106,7 +108,8 @@ def deletion_insertion(clf: Classifier, x: Tensor, saliency: Tensor, target: Ten
         steps: number of deletion/insertion steps (curves have ``steps + 1`` points).
         deletion_baseline: ``"zero"`` (RISE), ``"blur"`` or ``"mean"`` (per-image mean colour).
         blur_sigma: Gaussian sigma of the insertion start image.
-        batch_size: images per group; ``max_images``: images per stacked forward pass.
+        batch_size: images per group; ``max_images``: images per stacked forward pass (None: chosen by
+            :func:`~trustvision.batching.forward_batch`; the curves do not depend on it).
         seed: tie-breaking order.
     Returns: curves on the CPU (see :class:`FaithfulnessResult`).
     """
@@ -119,6 +122,7 @@ def deletion_insertion(clf: Classifier, x: Tensor, saliency: Tensor, target: Ten
         raise TrustVisionError(f"deletion baseline must be zero, blur or mean, got {deletion_baseline!r}")
     hw = x.shape[-2] * x.shape[-1]
     dev = clf.device
+    max_images = forward_batch(clf, dev, sample_shape=x.shape[1:], override=max_images)
     counts = torch.round(torch.linspace(0, hw, steps + 1, device=dev)).long()
     dels, ins = [], []
     with torch.inference_mode():

@@ -15,7 +15,8 @@ import numpy as np
 from ...results import Figure, Flag, SectionResult, Table
 from .. import zeroshot_metrics as zm
 
-METRICS = ("dbm", "am", "entropy", "silhouette")
+MAIN = ("dbm", "am", "entropy", "silhouette")
+METRICS = (*zm.DBM_VARIANTS, *zm.AM_VARIANTS, "entropy", "silhouette")
 LOW_ACCURACY = 0.9
 
 
@@ -36,6 +37,14 @@ def _r(v: Any, nd: int = 4) -> Any:
     return round(v, nd) if isinstance(v, float) else v
 
 
+def _pm(mean: float | None, std: float | None) -> str:
+    return "n/a" if mean is None else f"{mean:.3f} ± {0.0 if std is None else std:.3f}"
+
+
+def _ci(ci: Any) -> str:
+    return "n/a" if not ci else f"[{ci[0]:.2f}, {ci[1]:.2f}]"
+
+
 def summarise(records: list[dict], labels: list[str], cfg, out: Path) -> SectionResult:
     """Tables, metrics, correlation, figures (written into ``out``) and flags of a Raw Zero-Shot run.
 
@@ -53,6 +62,7 @@ def summarise(records: list[dict], labels: list[str], cfg, out: Path) -> Section
     metrics: dict[str, Any] = {
         "architectures": archs, "classes": list(labels),
         "densest_architecture": min(dbm_means, key=dbm_means.get) if dbm_means else None,
+        "best_by_variant": _best_by_variant(agg, archs),
         "lowest_am_architecture": min(am_means, key=am_means.get) if am_means else None,
         "models_trained_this_run": int(sum(r["trained"] for r in records)),
         "clean_accuracy": {r["arch"]: r["clean_accuracy"] for r in records},
@@ -60,9 +70,36 @@ def summarise(records: list[dict], labels: list[str], cfg, out: Path) -> Section
     }
     tables = _tables(records, agg, rzs_acc, success, corr, attacks)
     figures = _figures(records, labels, archs, agg, scatter, corr, attacks, out)
+    flags = _flags(records, archs, corr)
+    caps = _capsnet_flag(metrics["best_by_variant"], archs)
+    if caps is not None:
+        flags.append(caps)
     return SectionResult(name="zeroshot", title="Raw Zero-Shot feature transferability (Kotyan et al. 2022)",
-                         metrics=metrics, tables=tables, figures=figures, flags=_flags(records, archs, corr),
+                         metrics=metrics, tables=tables, figures=figures, flags=flags,
                          examples=[{"arch": r["arch"], "per_class": r["per_class"]} for r in records])
+
+
+def _best_by_variant(agg: dict, archs: list[str]) -> dict[str, dict[str, Any]]:
+    """Per DBM/AM reading: the best (lowest-mean) architecture and each architecture's rank (1 = best)."""
+    out = {}
+    for m in (*zm.DBM_VARIANTS, *zm.AM_VARIANTS):
+        vals = {a: agg[f"{m}_mean"][a] for a in archs if agg[f"{m}_mean"][a] is not None}
+        order = sorted(vals, key=vals.get)
+        out[m] = {"best": order[0] if order else None, "rank": {a: i + 1 for i, a in enumerate(order)}}
+    return out
+
+
+def _capsnet_flag(best: dict, archs: list[str]) -> Flag | None:
+    """Info flag when CapsNet (the paper's densest) is densest under no DBM reading: its best rank named."""
+    if "capsnet" not in archs or len(archs) < 2:
+        return None
+    ranks = {m: best[m]["rank"].get("capsnet") for m in zm.DBM_VARIANTS}
+    if any(r == 1 for r in ranks.values()):
+        return None
+    closest = min((m for m in ranks if ranks[m] is not None), key=lambda m: ranks[m], default=None)
+    return Flag("zeroshot_capsnet_not_densest", "info",
+                f"CapsNet is densest under no DBM reading (the paper found it densest); its best rank is "
+                f"{ranks.get(closest)} of {len(archs)} under {closest}.", {"ranks": ranks})
 
 
 def _aggregate(records: list[dict]) -> dict[str, dict[str, Any]]:
@@ -116,25 +153,32 @@ def _tables(records: list[dict], agg: dict, rzs_acc: dict, success: dict, corr: 
     for r in records:
         a = r["arch"]
         rows.append([a, _r(r["clean_accuracy"]), _r(rzs_acc[a]),
-                     *[_r(agg[f"{m}_{s}"][a]) for m in METRICS for s in ("mean", "std")],
+                     *[_r(agg[f"{m}_{s}"][a]) for m in MAIN for s in ("mean", "std")],
                      *[_r(success[x][a]) for x in att]])
     cols = ["architecture", "clean acc (full)", "RZS acc (seen classes)",
-            *[f"{m.upper() if m in ('dbm', 'am') else m} {s}" for m in METRICS for s in ("mean", "std")],
+            *[f"{m.upper() if m in ('dbm', 'am') else m} {s}" for m in MAIN for s in ("mean", "std")],
             *[f"{x} success" for x in att]]
-    per_rows = [[r["arch"], c["class"], c["n"], *[_r(c[m]) for m in METRICS], _r(c["rzs_accuracy"]),
+    readings = (*zm.DBM_VARIANTS, *zm.AM_VARIANTS)
+    var_rows = [[r["arch"], *[_pm(agg[f"{m}_mean"][r["arch"]], agg[f"{m}_std"][r["arch"]]) for m in readings]]
+                for r in records]
+    per_rows = [[r["arch"], c["class"], c["n"], *[_r(c[m]) for m in MAIN], _r(c["rzs_accuracy"]),
                  c["top_known_class"], *[_r(r["attacks"][x]["per_class"][k]) for x in att]]
                 for r in records for k, c in enumerate(r["per_class"])]
-    corr_rows = [[x, m, level, c["n"], _r(c["pearson_r"]), _r(c["pearson_p"]), _r(c["spearman_rho"]),
-                  _r(c["spearman_p"])]
+    corr_rows = [[x, m, level, c["n"], _r(c["pearson_r"]), _ci(c.get("pearson_ci")), _r(c["pearson_p"]),
+                  _r(c["spearman_rho"]), _r(c["spearman_p"])]
                  for x in att for m in METRICS for level, c in corr[x][m].items()]
     return [
         Table("Raw Zero-Shot metrics per architecture (mean / std over held-out classes; lower DBM, AM = "
               "better transfer of features)", cols, rows),
+        Table("DBM and AM readings side by side (mean ± std over held-out classes; defaults: dbm, am; "
+              "_2d = in the 2-D principal plane, _db = Davies-Bouldin ratio against the seen classes)",
+              ["architecture", *readings], var_rows),
         Table("Per held-out class", ["architecture", "held-out class", "images", "DBM", "AM", "entropy",
                                      "silhouette", "RZS acc", "closest known class",
                                      *[f"{x} success (class)" for x in att]], per_rows),
         Table("Correlation of Raw Zero-Shot metrics with attack success on the full model",
-              ["attack", "metric", "level", "n", "Pearson r", "p", "Spearman ρ", "p"], corr_rows),
+              ["attack", "metric", "level", "n", "Pearson r", "95 % CI (Fisher z)", "p", "Spearman ρ", "p"],
+              corr_rows),
     ]
 
 

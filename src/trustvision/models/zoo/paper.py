@@ -19,6 +19,7 @@ few epochs of Adam suffice.
 * ``wideresnet``: WRN-10-2 (Zagoruyko & Komodakis 2016): pre-activation blocks widened by ``widen``.
 * ``vgg``: VGG-style (Simonyan & Zisserman 2015): stacked 3x3 convolutions with max-pooling.
 * ``capsnet``: CapsNet with dynamic routing (Sabour et al. 2017), in :mod:`trustvision.models.zoo.capsnet`.
+* ``vgg19``, ``mobilenet``: VGG-19-BN and MobileNet v1 miniatures, in :mod:`trustvision.models.zoo.mobile`.
 """
 from __future__ import annotations
 
@@ -218,9 +219,15 @@ def vgg(num_classes: int = 10, channels: int = 1, width: int = 16) -> nn.Module:
 # CapsNet registers itself in its own module; imported here, after the families above, so that the
 # registry lists the zoo in the paper's order whichever module is imported first.
 from .capsnet import capsnet  # noqa: E402
+from .mobile import mobilenet, vgg19  # noqa: E402,F401
 
 PAPER_ARCHS: dict[str, Callable[..., nn.Module]] = {
     name: ARCHITECTURES.get(name)
-    for name in ("lenet", "allconv", "nin", "resnet", "densenet", "wideresnet", "vgg", "capsnet")
+    for name in ("lenet", "allconv", "nin", "resnet", "densenet", "wideresnet", "vgg", "capsnet", "vgg19",
+                 "mobilenet")
 }
-"""The Raw Zero-Shot zoo (Kotyan et al. 2022's families), by ``trustvision:NAME``."""
+"""The convolutional Raw Zero-Shot zoo (Kotyan et al. 2022's families), by ``trustvision:NAME``."""
+
+ZOO_12: tuple[str, ...] = (*PAPER_ARCHS, "mlp", "smallcnn")
+"""Twelve networks: the ten above plus the authors' two MNIST models (MLP, and a plain "Conv" net, here
+``smallcnn``).  See docs/zeroshot.md for the authors' list and what could not be built."""
