@@ -186,7 +186,7 @@ def main() -> None:
           f"(CPU, torch {torch.__version__}, {torch.get_num_threads()} threads, {total:.0f} s in total.)\n\n"
           f"Protocol after Hirano & Takemoto (Algorithms 2020) and Minagi, Hirano & Takemoto (J. Imaging 2022): "
           f"UAPs with `UniversalPerturbation(method=\"fgsm\", norm=\"l2\", zeta=ζ, max_passes={args.max_passes}, "
-          f"stop_rate={args.stop_rate}, seed={args.seed})` (batch 64, default step 2ε), ζ relative to the mean L2 norm "
+          f"stop_rate={args.stop_rate}, seed={args.seed})` (batch 64, default step 0.25·ε per image, L2-normalised), ζ relative to the mean L2 norm "
           f"of the evaluation images, built from {args.n_source} source images: (a) MNIST train images (in-domain), "
           f"(b) `natural` crops of skimage photographs converted to grayscale by luminance "
           f"(`uap_section.source_images`). Evaluated on {args.n_eval} held-out MNIST test images (the 80/20 split "

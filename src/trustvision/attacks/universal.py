@@ -11,6 +11,10 @@ Three generators, untargeted and targeted, L∞ and L2, all mini-batched on the 
   paper's update *replayed in order* for those images (B masked vector operations, no forward pass) and
   (2) ``p(v + Σ steps of the unfooled images)`` — and the best of ``v``, (1) and (2) on the mini-batch is
   kept (success, ties: mean cross-entropy; one forward of 2B images).  Default step ``0.25 * eps``.
+  ``step_rule="art"`` is the authors' own use of ART's ``FastGradientMethod`` with only ``eps`` set: a
+  fixed L∞ sign step ``step · sign(∇)`` (also for L2 UAPs), only the in-order replay kept (no sum
+  candidate, no selection); with ``batch_size=1`` it is ART's per-image loop exactly.  The preset
+  ``hirano2020`` (:data:`UAP_PRESETS`) adds their ``delta = 1e-6`` (``stop_rate = 1``: every pass runs).
 * ``method="deepfool"`` — Moosavi-Dezfooli, Fawzi, Fawzi & Frossard, "Universal adversarial
   perturbations", CVPR 2017, Algorithm 1 (``v <- P(v + Δv_i)`` for each unfooled image, ``Δv_i`` the
   DeepFool perturbation of ``x_i + v``), untargeted only: the batched :class:`~.deepfool.DeepFool`
@@ -36,6 +40,7 @@ checkpointed after every pass to ``uap_checkpoint.npy``/``.json`` (atomic writes
 from __future__ import annotations
 
 import json
+import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -55,6 +60,18 @@ from .gradient import check_number
 from .norms import BALL_NORMS, as_norm, fp32_floor
 
 METHODS = ("fgsm", "deepfool", "sgd")
+STEP_RULES = ("batched", "art")
+SHUFFLES = ("torch", "python")
+ART_STEP = 0.0015
+"""The fixed L∞ step of ``step_rule="art"`` when ``step`` is None: Hirano & Takemoto's FGSM ``eps = 0.006`` in
+standardised CIFAR-10 units times CIFAR-10's pixel standard deviation (about 0.25) in [0, 1] units."""
+
+UAP_PRESETS: dict[str, dict] = {
+    "hirano2020": {"method": "fgsm", "step_rule": "art", "step": ART_STEP, "stop_rate": 1.0, "max_passes": 10},
+}
+"""Named generator settings: ``hirano2020`` is Hirano & Takemoto's (Algorithms 2020) call of ART's
+``(Targeted)UniversalPerturbation`` (attacker ``fgsm`` with only ``eps``, ``delta = 1e-6``, ``max_iter = 10``);
+deviations in docs/universal.md."""
 
 
 def mean_norm(x: Tensor, norm: str) -> float:
@@ -124,6 +141,10 @@ class UniversalPerturbation:
         beta: clamp of the untargeted cross-entropy for ``sgd`` (9); ``beta_targeted`` (0.1) for targeted.
         deepfool_iter, overshoot: DeepFool's iterations (10) and overshoot (0.02) for ``deepfool``.
         seed: seeds the per-pass shuffles (pass ``k`` uses ``seed`` and ``k``, so resuming reproduces).
+        step_rule: ``"batched"`` (an L2-normalised step for L2, best of replay and sum) or ``"art"`` (the
+            authors' ART FGSM: a fixed L∞ sign step ``step`` (None: :data:`ART_STEP`), replay only); ``fgsm`` only.
+        shuffle: ``"torch"`` (``torch.randperm``) or ``"python"``: pass ``k`` uses the ``k+1``-th
+            ``random.sample(range(N), N)`` of ``random.Random(seed)`` — ART's shuffle after ``random.seed(seed)``.
 
     Example::
 
@@ -147,8 +168,23 @@ class UniversalPerturbation:
     deepfool_iter: int = 10
     overshoot: float = 0.02
     seed: int = 0
+    step_rule: str = "batched"
+    shuffle: str = "torch"
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> UniversalPerturbation:
+        """The generator of preset ``name`` (:data:`UAP_PRESETS`), ``overrides`` winning (e.g. the budget)."""
+        if name not in UAP_PRESETS:
+            raise TrustVisionError(f"uap: unknown preset {name!r}; choose from {', '.join(UAP_PRESETS)}")
+        return cls(**{**UAP_PRESETS[name], **overrides})
 
     def __post_init__(self) -> None:
+        if self.step_rule not in STEP_RULES:
+            raise TrustVisionError(f"uap: step_rule must be one of {STEP_RULES}, got {self.step_rule!r}")
+        if self.step_rule == "art" and self.method != "fgsm":
+            raise TrustVisionError(f"uap: step_rule 'art' is ART's FGSM step; it needs method 'fgsm', not {self.method!r}")
+        if self.shuffle not in SHUFFLES:
+            raise TrustVisionError(f"uap: shuffle must be one of {SHUFFLES}, got {self.shuffle!r}")
         if self.method not in METHODS:
             raise TrustVisionError(f"uap: method must be one of {METHODS}, got {self.method!r}")
         if self.norm not in BALL_NORMS:
@@ -214,10 +250,13 @@ class UniversalPerturbation:
             logits = logits.detach()
             pred = logits.argmax(1)
             todo = (pred != t) if t is not None else (pred == lab)
-            r = step * as_norm(self.norm).normalize(g)           # per-image FGSM steps from x + v
+            art = self.step_rule == "art"                        # ART's FGSM: a fixed L-inf sign step
+            r = step * (g.sign() if art else as_norm(self.norm).normalize(g))    # per-image FGSM steps from x + v
             p_step = clf((xb + v + r).clamp(0, 1)).argmax(1)
             flips = todo & ((p_step == t) if t is not None else (p_step != lab))
             v_seq = self._scan(xb, v, r, flips, eps)             # H&T / ART: sequential, step must flip the image
+            if art:
+                return v_seq
             v_sum = project_v(v + (r * todo.float().view(-1, 1, 1, 1)).sum(0, keepdim=True), eps, self.norm)
             return self._select(clf, xb, v, logits, [v_seq, v_sum], lab, t)
 
@@ -276,7 +315,8 @@ class UniversalPerturbation:
         if target is not None and self.method == "deepfool":
             raise TrustVisionError("uap: method 'deepfool' is untargeted only; use fgsm or sgd with --target")
         eps, zeta, ref = self.resolve_eps(reference)
-        step = self.step if self.step is not None else (0.25 if self.method == "fgsm" else 0.5) * eps
+        step = self.step if self.step is not None else \
+            ART_STEP if self.step_rule == "art" else (0.25 if self.method == "fgsm" else 0.5) * eps
         x = x.to(dev, torch.float32)
         x = x.clone() if x.is_inference() else x
         with torch.inference_mode():
@@ -293,8 +333,7 @@ class UniversalPerturbation:
         k = start
         while k < self.max_passes and curve[-1] < self.stop_rate:
             tp = time.perf_counter()
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + k)
-            perm = torch.randperm(len(x), generator=g).to(dev)
+            perm = self._order(len(x), k).to(dev)
             for i in range(0, len(x), self.batch_size):
                 idx = perm[i:i + self.batch_size]
                 xb, lb = x[idx], lab[idx]
@@ -313,6 +352,15 @@ class UniversalPerturbation:
                 ckpt.save(v, k, curve, times)
         return UAPResult(v, self.norm, eps, zeta, "zeta" if self.zeta is not None else "eps", self.method,
                          target, curve, k, curve[-1] >= self.stop_rate, time.perf_counter() - t0, times, ref, start)
+
+    def _order(self, n: int, k: int) -> Tensor:
+        """(n,) the image order of pass ``k`` (0-based), reproducible from ``seed`` and ``k`` alone."""
+        if self.shuffle == "python":
+            rng = random.Random(self.seed)
+            for _ in range(k):                                   # replay: pass k is the (k+1)-th sample
+                rng.sample(range(n), n)
+            return torch.tensor(rng.sample(range(n), n), dtype=torch.long)
+        return torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + k))
 
     def _fingerprint(self, clf: Classifier, x: Tensor, target: int | None, eps: float) -> str:
         """Digest of the settings (``max_passes`` excluded: more passes resume), build images and weights."""
