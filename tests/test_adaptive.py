@@ -169,7 +169,7 @@ def test_cli_audit_with_defense(mnist_setup, tmp_path):
     common = ["audit", "--model", path, "--arch", "trustvision:smallcnn", "--num-classes", "10", "--channels", "1",
               "--data", "mnist", "--n", "40", "--attacks", "pgd", "--eps-linf", "0.3", "--eps-l2", "0"]
     r = CliRunner().invoke(app, [*common, "--defense", "jpeg:75", "--out", str(tmp_path / "a")])
-    assert r.exit_code == 0, r.output
+    assert r.exit_code == 1, r.output            # its error-level flag fails the run (--fail-on error, issue 18)
     sec = json.loads((tmp_path / "a" / "results.json").read_text())["sections"]["robustness"]
     assert sec["metrics"]["adaptive"]["techniques"] == ["BPDA"]
     assert any(f["code"] == "obfuscated-gradients" for f in sec["flags"])

@@ -23,12 +23,18 @@ from .gradient import FGSM, PGD     # registration order = listing order: fgsm, 
 from .cw import CW
 from .deepfool import DeepFool
 from .evolutionary import PixelAttack, ThresholdAttack
+from .fab import FAB, FABMinimal         # FAB / FAB-T (Croce & Hein 2020)
+from .square import Square              # Square Attack (Andriushchenko et al. 2020)
+from .apgd import APGD                  # Auto-PGD (Croce & Hein 2020)
+from .autoattack import AutoAttack      # the AutoAttack ensemble (Croce & Hein 2020)
+from .eot import EOT, EOTClassifier, transformed_accuracy   # Expectation over Transformation (Athalye et al. 2018)
 from .norms import NORMS, Norm
 from .presets import PRESETS, Preset
 from .runner import BudgetSweep, minimal_budget, run_batched, sweep_budgets
 
 
-__all__ = ["ATTACKS", "Attack", "AttackResult", "BudgetSweep", "CW", "DeepFool", "FGSM", "FixedBudgetAttack",
+__all__ = ["APGD", "ATTACKS", "Attack", "AttackResult", "AutoAttack", "BudgetSweep", "CW", "DeepFool", "EOT", "EOTClassifier", "FAB", "FABMinimal", "FGSM",
+           "FixedBudgetAttack", "Square",
            "MinimalAttack", "NORMS", "Norm", "PGD", "PRESETS", "PixelAttack", "Preset", "ThresholdAttack", "fooled",
            "input_gradient", "make_attack", "margin_loss", "minimal_budget", "perturbation_norms", "run_batched",
-           "sweep_budgets"]
+           "sweep_budgets", "transformed_accuracy"]

@@ -80,3 +80,26 @@ _preset("deepfool", "deepfool", "DeepFool, L2 (minimal perturbation)", norm="l2"
 _preset("deepfool-linf", "deepfool", "DeepFool, L∞ (minimal perturbation)", norm="linf")
 _preset("pixel", "pixel", "few-pixel L0 attack by differential evolution (black-box; budgets are pixel counts)")
 _preset("threshold", "threshold", "threshold L∞ attack by differential evolution (black-box)")
+_preset("kotyan2022", "threshold", "threshold L∞ attack as Kotyan & Vargas (PLOS ONE 2022) run it: CMA-ES, "
+        "population 400, 100 generations, minimal threshold 1..127/255, 8-bit (black-box, minimal)",
+        optimizer="cmaes", pop_size=400, generations=100, minimal=True, max_threshold=127, quantize=True)
+_preset("fab-t", "fab", "FAB-T, L∞: targeted FAB over the top-9 classes as in AutoAttack (fixed budget)", norm="linf",
+        targets=9)
+_preset("fab-t-l2", "fab", "FAB-T, L2: targeted FAB over the top-9 classes as in AutoAttack (fixed budget)", norm="l2",
+        targets=9)
+_preset("square", "square", "Square Attack, L∞ (black-box random search, 5000 queries)", norm="linf")
+_preset("square-l2", "square", "Square Attack, L2 (black-box random search, 5000 queries)", norm="l2")
+_preset("apgd-ce", "apgd", "APGD-CE, L∞: Auto-PGD with cross-entropy (Croce & Hein 2020; 100 iterations)", norm="linf",
+        loss="ce")
+_preset("apgd-dlr", "apgd", "APGD-DLR, L∞: Auto-PGD with the DLR loss (Croce & Hein 2020)", norm="linf", loss="dlr")
+_preset("apgd-t", "apgd", "APGD-T, L∞: targeted DLR over the top-9 classes (Croce & Hein 2020)", norm="linf",
+        loss="dlr", targets=9)
+_preset("apgd-ce-l2", "apgd", "APGD-CE, L2", norm="l2", loss="ce")
+_preset("apgd-dlr-l2", "apgd", "APGD-DLR, L2", norm="l2", loss="dlr")
+_preset("apgd-t-l2", "apgd", "APGD-T, L2: targeted DLR over the top-9 classes", norm="l2", loss="dlr", targets=9)
+_preset("autoattack", "autoattack", "AutoAttack standard, L∞: APGD-CE, APGD-T, FAB-T, Square (Croce & Hein 2020)",
+        norm="linf", version="standard")
+_preset("autoattack-l2", "autoattack", "AutoAttack standard, L2", norm="l2", version="standard")
+_preset("autoattack-rand", "autoattack", "AutoAttack rand, L∞: APGD-CE and APGD-DLR with EOT over 20 draws "
+        "(randomised models)", norm="linf", version="rand")
+_preset("autoattack-rand-l2", "autoattack", "AutoAttack rand, L2", norm="l2", version="rand")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -31,13 +31,16 @@ from .base import Attack, AttackResult, FixedBudgetAttack
 
 
 def run_batched(attack: Attack, clf: Classifier, x: Tensor, y: Tensor, batch_size: int,
-                advance: Callable[[int], None] | None = None, *, target: Tensor | None = None) -> AttackResult:
+                advance: Callable[[int], None] | None = None, *, target: Tensor | None = None,
+                keep: tuple[str, ...] = ()) -> AttackResult:
     """Run ``attack`` over (N, C, H, W) CPU tensors in device batches; results concatenated on the CPU.
 
     Args:
         x: (N, C, H, W) images in [0, 1]; y: (N,) labels; target: (N,) target classes or None.
         advance: called with 1 after each batch (a progress bar's ``advance``).
-    Returns: :class:`AttackResult` with CPU tensors of leading dimension N (``extras`` dropped).
+        keep: ``extras`` keys holding (n,) per-image tensors to keep (concatenated; e.g. an ensemble's
+            ``broken_by``); every other extra is dropped.
+    Returns: :class:`AttackResult` with CPU tensors of leading dimension N.
     """
     parts = []
     for i in range(0, len(x), batch_size):
@@ -45,14 +48,16 @@ def run_batched(attack: Attack, clf: Classifier, x: Tensor, y: Tensor, batch_siz
         kw = {} if t is None else {"target": t}
         r = attack(clf, x[i:i + batch_size].to(clf.device), y[i:i + batch_size].to(clf.device), **kw)
         parts.append(AttackResult(r.x_adv.detach().cpu(), r.success.cpu(), r.norms.detach().cpu(),
-                                  r.queries.cpu(), r.gradients.cpu()))
+                                  r.queries.cpu(), r.gradients.cpu(), {k: r.extras[k].cpu() for k in keep
+                                                                        if k in r.extras}))
         if advance:
             advance(1)
     if not parts:
         z = torch.zeros(0)
         return AttackResult(x, z.bool(), z, z.long(), z.long())
     cat = lambda k: torch.cat([getattr(p, k) for p in parts])  # noqa: E731
-    return AttackResult(cat("x_adv"), cat("success"), cat("norms"), cat("queries"), cat("gradients"))
+    extras = {k: torch.cat([p.extras[k] for p in parts]) for k in parts[0].extras}
+    return AttackResult(cat("x_adv"), cat("success"), cat("norms"), cat("queries"), cat("gradients"), extras)
 
 
 @dataclass
@@ -67,6 +72,9 @@ class BudgetSweep:
             minimal perturbations; fixed-budget attacks: at ``example_eps``, the middle nonzero budget),
             with ``extras["index"]`` (k,) their positions among the N images.
         seconds: wall time.  gradients: gradient evaluations spent, summed over images and budgets.
+        queries: forward passes spent, summed likewise.
+        extras: budget -> {key: (M,) tensor} for the attack's ``per_image_extras`` (e.g. an ensemble's
+            ``broken_by``), M the attacked images in order (the True positions of ``robust[0.0]``).
     """
 
     name: str
@@ -76,6 +84,8 @@ class BudgetSweep:
     example_eps: float | None = None
     seconds: float = 0.0
     gradients: int = 0
+    queries: int = 0
+    extras: dict[float, dict[str, Tensor]] = field(default_factory=dict)
 
 
 def judged(res: AttackResult, judge: Classifier | None, y: Tensor, batch_size: int) -> AttackResult:
@@ -122,13 +132,18 @@ def sweep_budgets(attack: Attack, classifier: Classifier, x: Tensor, y: Tensor, 
             out.robust[e] = _scatter(attacked, idx, res.robust_at(e, torch.ones(len(idx), dtype=torch.bool)))
         out.example, out.example_eps = res, None
         out.gradients = int(res.gradients.sum())
+        out.queries = int(res.queries.sum())
     else:
         advance = task(f"{tag} ({attack.norm}, {len(nonzero)} budgets)", nb * len(nonzero))
+        keep = tuple(getattr(attack, "per_image_extras", ()))
         for e in nonzero:
-            res = judged(run_batched(attack.with_eps(e), classifier, xs, ys, batch_size, advance), judge, ys,
-                         batch_size)
+            res = judged(run_batched(attack.with_eps(e), classifier, xs, ys, batch_size, advance, keep=keep),
+                         judge, ys, batch_size)
             out.robust[e] = _scatter(attacked, idx, ~res.success)
             out.gradients += int(res.gradients.sum())
+            out.queries += int(res.queries.sum())
+            if res.extras:
+                out.extras[e] = res.extras
             if e == ref:
                 out.example, out.example_eps = res, e
     if out.example is not None:

@@ -13,7 +13,11 @@ Which curve plays which part is read off the attack presets' capabilities (``fam
 ``single_step``, ``uses_gradients``), never off their names.
 * ``large-budget-not-chance``: an attack with a huge budget does not bring accuracy to chance;
 * ``zero-gradients`` / ``nan-gradients``: input gradients vanish or are not finite;
-* ``not-converged``: more steps and restarts lower robust accuracy materially.
+* ``not-converged``: more steps and restarts lower robust accuracy materially;
+* ``black-box-breaks-robust``: a black-box attack (Square) fools images that every white-box run (APGD, the
+  gradient members of AutoAttack) left robust, image by image (Croce & Hein 2020, sec. 5);
+* ``apgd-not-converged``: APGD's loss was still rising over its last iterations on many still-robust images;
+* ``attack-budget-too-small``: an attack runs with fewer iterations/restarts/queries than its paper's.
 """
 from __future__ import annotations
 
@@ -154,11 +158,74 @@ def gradient_flags(clf: Classifier, x: Tensor, y: Tensor) -> tuple[list[Flag], d
 
 
 def convergence_flag(base_acc: float, strong_acc: float, eps: float, norm: str, n: int, strong: dict) -> list[Flag]:
-    """Flag when a stronger PGD (more steps and restarts) lowers accuracy by more than noise."""
+    """Flag when a stronger PGD (more steps and restarts) lowers accuracy by more than noise.
+
+    ``base_acc`` / ``strong_acc`` are shares of the ``n`` checked images, which are correctly classified ones
+    (not of all images, as the robustness table is): the message says so.
+    """
     if base_acc - strong_acc <= tolerance(n):
         return []
     return [Flag("not-converged", "warning",
                  f"At {norm} eps={eps:g}, PGD with {strong['steps']} steps and {strong['restarts']} restarts lowers "
-                 f"robust accuracy from {base_acc:.1%} to {strong_acc:.1%}: the default attack had not converged. "
+                 f"robust accuracy from {base_acc:.1%} to {strong_acc:.1%} of the {n} correctly classified images "
+                 "checked (the table's percentages are of all images): the default attack had not converged. "
                  "Use more steps/restarts for this model; the curve above overestimates robustness.",
-                 {"eps": eps, "norm": norm, "base": base_acc, "strong": strong_acc, **strong})]
+                 {"eps": eps, "norm": norm, "base": base_acc, "strong": strong_acc, "n_checked": n,
+                  "denominator": "correctly classified images checked", **strong})]
+
+
+def blackbox_breaks_flags(broken: dict[float, int], attacked: int, norm: str, blackbox: str, whitebox: str,
+                          n: int) -> list[Flag]:
+    """Flag images fooled by a black-box attack after every white-box attack failed on them.
+
+    ``broken``: budget -> number of images the black-box attack (``blackbox``) fooled among those the white-box
+    attacks (``whitebox``, e.g. "APGD-CE + APGD-T") left robust; ``attacked``: images attacked; ``n``: all images.
+    More than noise (:func:`tolerance` of ``n``) is gradient masking: the white-box numbers are upper bounds.
+    """
+    bad = [(e, k) for e, k in sorted(broken.items()) if e > 0 and k / max(n, 1) > tolerance(n)]
+    if not bad:
+        return []
+    e, k = bad[0]
+    return [Flag("black-box-breaks-robust", "warning",
+                 f"At {norm} eps={e:g}, the black-box {blackbox} fooled {k} images ({k / max(n, 1):.1%} of all) that "
+                 f"{whitebox} left robust. A gradient-free search succeeding where gradients fail signals gradient "
+                 "masking: report the ensemble's worst case, never the white-box numbers alone, and evaluate the "
+                 "defence adaptively (BPDA/EOT).",
+                 {"norm": norm, "eps": e, "broken": {str(b): c for b, c in broken.items()}, "attacked": attacked,
+                  "blackbox": blackbox, "whitebox": whitebox})]
+
+
+def apgd_convergence_flags(rising: dict[float, tuple[int, int]], name: str, norm: str, share: float = 0.1
+                           ) -> list[Flag]:
+    """Flag APGD runs whose loss was still rising over their last iterations on many still-robust images.
+
+    ``rising``: budget -> (images still robust whose best loss still grew by more than 5 % of its total gain
+    in the last 20 % of the iterations, images still robust).  Flags when that share exceeds ``share`` and
+    at least 3 images.
+    """
+    bad = [(e, r, k) for e, (r, k) in sorted(rising.items()) if r >= 3 and r > share * k]
+    if not bad:
+        return []
+    e, r, k = bad[0]
+    return [Flag("apgd-not-converged", "warning",
+                 f"{name} ({norm}, eps={e:g}): on {r} of the {k} images it left robust the loss was still rising "
+                 "over the last iterations, so more iterations would likely fool some of them. Raise its steps "
+                 "(the paper's 100) or add restarts; the robust accuracy here is an upper bound.",
+                 {"attack": name, "norm": norm, "eps": e, "rising": r, "robust": k})]
+
+
+def budget_flags(attack, name: str) -> list[Flag]:
+    """Flag an attack configured with less than its paper's budget.
+
+    ``attack`` declares ``paper_budget`` (``{"steps": 100, ...}``: the paper's iterations, restarts,
+    queries...); every field set below it is named.
+    """
+    paper = getattr(attack, "paper_budget", None) or {}
+    short = {k: (getattr(attack, k), v) for k, v in paper.items() if getattr(attack, k, v) < v}
+    if not short:
+        return []
+    what = ", ".join(f"{k}={used} (paper: {v})" for k, (used, v) in short.items())
+    return [Flag("attack-budget-too-small", "warning",
+                 f"{name} runs with {what}: fewer than its paper's. Its robust accuracy overestimates robustness; "
+                 "use the defaults for numbers you report.",
+                 {"attack": name, **{k: {"used": u, "paper": v} for k, (u, v) in short.items()}})]

@@ -160,10 +160,13 @@ def run_adaptive(cfg, clf: Classifier, data, correct: Tensor, runs: list[BudgetS
     metrics: dict = {"probe": found.describe()}
     naive, adapt, norms = {}, {}, {}
     for run in runs if view is not None else []:
-        attack = cfg.build(run.name)
+        attack, target = cfg.build(run.name), view
         if not attack.uses_gradients:
             continue
-        arun = sweep_budgets(attack, view, data.x, data.y, cfg.budgets(attack.norm), attacked=correct,
+        if found.random and hasattr(attack, "for_random_model"):     # AutoAttack: its 'rand' version, own EOT
+            attack, target = attack.for_random_model(), (clf.bpda() if "BPDA" in found.techniques else clf)
+            metrics.setdefault("versions", {})[run.name] = attack.version
+        arun = sweep_budgets(attack, target, data.x, data.y, cfg.budgets(attack.norm), attacked=correct,
                              batch_size=batch_size, n_examples=cfg.n_examples, progress=progress, judge=clf,
                              name=run.name)
         naive[run.name] = {e: float(r.float().mean()) for e, r in run.robust.items()}

@@ -33,6 +33,7 @@ from ...models.classifier import Classifier
 from ...progress import Progress, Quiet
 from ...results import Figure, SectionResult, Table
 from . import adaptive as adaptive_eval
+from . import robustness_eot
 from .. import soundness
 from .robustness_units import Store, attack_sweeps
 
@@ -55,7 +56,9 @@ class RobustnessConfig:
     check_images: int = 256
     n_examples: int = 8
     adaptive: str = "auto"        # "auto": probe for randomness / shattered gradients, re-attack with EOT / BPDA
-    eot_samples: int = 16
+    eot_samples: int = 16         # draws per forward of the EOT views (adaptive pass and --eot)
+    eot: str | None = None        # --eot: transform spec; adds the 'under transformation' pass (robustness_eot)
+    eot_draws: int = 8            # fresh transforms per image when judging the --eot pass
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -72,6 +75,10 @@ class RobustnessConfig:
             raise TrustVisionError(f"adaptive must be 'auto' or 'off', got {self.adaptive!r}")
         if not (isinstance(self.eot_samples, int) and self.eot_samples >= 1):
             raise TrustVisionError(f"eot_samples must be an integer >= 1, got {self.eot_samples!r}")
+        if self.eot is not None:
+            robustness_eot.as_distribution(self.eot)          # a bad spec fails now, naming --eot
+        if not (isinstance(self.eot_draws, int) and self.eot_draws >= 1):
+            raise TrustVisionError(f"eot_draws must be an integer >= 1, got {self.eot_draws!r}")
         stray = set(self.attack_options) - set(presets)
         if stray:
             raise TrustVisionError(f"attack_options: unknown attack(s) {sorted(stray)}; choose from {sorted(presets)}")
@@ -154,6 +161,62 @@ def _checks(cfg: RobustnessConfig, clf: Classifier, data: Dataset, correct: Tens
     return flags, stats
 
 
+def _ensemble_report(cfg: RobustnessConfig, runs: list[BudgetSweep], n: int) -> tuple[list, list, dict]:
+    """Ensembles' per-member contributions (AutoAttack), and the budget, APGD-convergence and black-box checks.
+
+    Reads the runs' per-budget ``extras`` (``broken_by`` (M,): the member that fooled each attacked image
+    first, -1 none; ``rising`` (M,): APGD's loss still climbing) and the attacks' ``paper_budget``.
+    """
+    tables, flags, metrics = [], [], {}
+    for run in runs:
+        attack = cfg.build(run.name)
+        flags += soundness.budget_flags(attack, run.name)
+        rising = {e: (int(d["rising"].sum()), int(run.robust[e].sum())) for e, d in run.extras.items() if "rising" in d}
+        flags += soundness.apgd_convergence_flags(rising, run.name, run.norm)
+        contrib = {e: d["broken_by"] for e, d in sorted(run.extras.items()) if "broken_by" in d}
+        if not contrib or not hasattr(attack, "members"):
+            continue
+        members = attack.members()
+        labels = [label for label, _ in members]
+        counts = {e: {label: int((bb == j).sum()) for j, label in enumerate(labels)} for e, bb in contrib.items()}
+        attacked = int(run.robust[0.0].sum())
+        budgets = len([e for e in run.robust if e > 0]) or 1
+        metrics[run.name] = {"members": labels, "contributions": {str(e): c for e, c in counts.items()},
+                             "queries_per_image": run.queries / max(attacked * budgets, 1),
+                             "gradients_per_image": run.gradients / max(attacked * budgets, 1)}
+        rows = [[label, *[counts[e][label] for e in counts]] for label in labels]
+        rows.append(["still robust", *[int((bb == -1).sum()) for bb in contrib.values()]])
+        tables.append(Table(f"{run.name} ({run.norm}): images each member broke first",
+                            ["member", *[f"eps={e:.4g}" for e in counts]], rows))
+        black = [label for label, a in members if not a.uses_gradients]
+        if black:
+            white = " + ".join(label for label, a in members if a.uses_gradients)
+            broken = {e: sum(c[b] for b in black) for e, c in counts.items()}
+            flags += soundness.blackbox_breaks_flags(broken, attacked, run.norm, " + ".join(black), white, n)
+    flags += _separate_blackbox_flags(runs, n)
+    return tables, flags, metrics
+
+
+def _separate_blackbox_flags(runs: list[BudgetSweep], n: int) -> list:
+    """Per image: a black-box preset (Square) fooling images every white-box fixed-budget run left robust."""
+    flags = []
+    for norm in BUDGET_NORMS:
+        mine = [(r, PRESETS.get(r.name)) for r in runs if r.norm == norm and r.name in PRESETS.names()]
+        white = [r for r, p in mine if p.family == "gradient" and not p.single_step]
+        black = [r for r, p in mine if p.family == "black-box"]
+        if not white or not black:
+            continue
+        broken = {}
+        for e in white[0].robust:
+            if e > 0 and all(e in r.robust for r in white + black):
+                w = torch.stack([r.robust[e] for r in white]).all(0)
+                b = torch.stack([r.robust[e] for r in black]).all(0)
+                broken[e] = int((w & ~b).sum())
+        flags += soundness.blackbox_breaks_flags(broken, int(white[0].robust[0.0].sum()), norm,
+                                                 " + ".join(r.name for r in black), " + ".join(r.name for r in white), n)
+    return flags
+
+
 def robustness_section(clf: Classifier, data: Dataset, clean_logits: Tensor, cfg: RobustnessConfig | None = None, *,
                        out_dir: Path | None = None, batch_size: int = 128, progress: Progress | None = None,
                        store: Store | None = None) -> SectionResult:
@@ -181,6 +244,9 @@ def robustness_section(clf: Classifier, data: Dataset, clean_logits: Tensor, cfg
             curves_by_norm[norm], worst_by_norm[norm] = curves, worst
     flags, check_stats = _checks(cfg, clf, data, correct, runs, curves_by_norm, batch_size, progress)
     flags = adaptive_flags + flags
+    ens_tables, ens_flags, ens_metrics = _ensemble_report(cfg, runs, len(data))
+    flags += ens_flags
+    eot_pass = robustness_eot.run_eot(cfg, clf, data, correct, curves_by_norm, batch_size, progress)
     clean_acc = float(correct.float().mean())
     metrics = {"clean_accuracy": clean_acc, "n_images": len(data),
                "robust_accuracy": {norm: {name: dict(zip(map(str, e), a)) for name, (e, a) in c.items()}
@@ -189,14 +255,24 @@ def robustness_section(clf: Classifier, data: Dataset, clean_logits: Tensor, cfg
                                               for norm, c in curves_by_norm.items()},
                "attack_seconds": {r.name: r.seconds for r in runs},
                "gradient_evaluations": {r.name: r.gradients for r in runs},
+               "queries": {r.name: r.queries for r in runs}, "ensembles": ens_metrics,
                "checks": check_stats, "adaptive": adaptive_metrics}
+    if eot_pass is not None:
+        metrics["eot"] = eot_pass.metrics
+        flags += eot_pass.flags
     tables = [Table(f"Robust accuracy ({norm})", ["attack"] + [f"eps={e:.4g}" for e in c["worst-case"][0]],
                     [[name] + list(acc) for name, (_, acc) in c.items()]) for norm, c in curves_by_norm.items()]
-    tables += adaptive_tables
+    tables += ens_tables + adaptive_tables + (eot_pass.tables if eot_pass is not None else [])
     section = SectionResult("robustness", "Robustness against gradient attacks", metrics, tables, flags=flags,
                             config=asdict(cfg), seconds=0.0)
     if out_dir is not None:
         _figures(section, runs, curves_by_norm, worst_by_norm, clf, data, clean_logits, correct, out_dir, figures)
+        for norm, curves in (eot_pass.curves if eot_pass is not None else {}).items():
+            figures.robustness_curves(curves, out_dir / f"robustness_eot_{norm}.png", norm=norm,
+                                      clean_acc=float(correct.float().mean()), chance=1.0 / clf.num_classes,
+                                      majority=_majority(data.y), title=f"Digital vs under transformation ({norm})")
+            section.figures.append(Figure(f"Robust accuracy under transformation ({norm})", f"robustness_eot_{norm}.png",
+                                          f"EOT attacks judged under fresh draws of {cfg.eot}, beside the digital worst case."))
     section.seconds = time.perf_counter() - t0
     return section
 
@@ -208,7 +284,7 @@ def _figures(section, runs, curves_by_norm, worst_by_norm, clf, data, clean_logi
     for norm, curves in curves_by_norm.items():
         path = f"robustness_{norm}.png"
         figures.robustness_curves(curves, out_dir / path, norm=norm, clean_acc=clean_acc, chance=chance,
-                                  title=f"Robust accuracy vs {norm} budget")
+                                  majority=_majority(data.y), title=f"Robust accuracy vs {norm} budget")
         section.figures.append(Figure(f"Robust accuracy vs budget ({norm})", path,
                                       "Each line is one attack; 'worst-case' counts an image robust only if every "
                                       "attack of this norm failed on it."))
@@ -234,7 +310,7 @@ def _figures(section, runs, curves_by_norm, worst_by_norm, clf, data, clean_logi
         path = f"examples_{run.name}.png"
         budget = f"eps={run.example_eps:.4g}" if run.example_eps is not None else "minimal perturbation"
         figures.example_grid(x, ex.x_adv, data.y[i], p_clean.argmax(1), p_adv.argmax(1), p_clean.amax(1),
-                             p_adv.amax(1), clf.labels, out_dir / path)
+                             p_adv.amax(1), clf.labels, out_dir / path, norm=run.norm)
         section.figures.append(Figure(f"Adversarial examples: {run.name} ({run.norm}, {budget})", path,
                                       "Original | adversarial | perturbation amplified to full range (grey = 0)."))
         saved[f"{run.name}_x_adv"] = ex.x_adv.numpy()
@@ -244,6 +320,11 @@ def _figures(section, runs, curves_by_norm, worst_by_norm, clf, data, clean_logi
                                  "pred_adv": p_adv.argmax(1).tolist(), "label": data.y[i].tolist()})
     if saved:
         np.savez_compressed(out_dir / "adversarial_examples.npz", **saved)
+
+
+def _majority(y: Tensor) -> float | None:
+    """Share (of all images) of the most frequent class in ``y`` (N,): the majority-class baseline."""
+    return float(torch.bincount(y).max()) / len(y) if len(y) else None
 
 
 def _per_class(mask: Tensor, y: Tensor, k: int) -> list[float]:

@@ -63,7 +63,9 @@ def _spec(cfg, name: str, budgets: list[float], example: bool) -> dict:
 def _encode(run: BudgetSweep, example: bool) -> dict:
     from ...resume import encode_tensor
     out = {"name": run.name, "norm": run.norm, "seconds": run.seconds, "gradients": run.gradients,
-           "robust": [[e, m.tolist()] for e, m in run.robust.items()], "example": None, "example_eps": None}
+           "robust": [[e, m.tolist()] for e, m in run.robust.items()], "example": None, "example_eps": None,
+           "queries": run.queries, "extras": [[e, {k: v.tolist() for k, v in d.items()}]
+                                              for e, d in run.extras.items()]}
     if example and run.example is not None:
         ex = run.example
         out["example"] = {**{k: encode_tensor(getattr(ex, k)) for k in _EXAMPLE_FIELDS},
@@ -80,7 +82,8 @@ def _decode(p: dict, n: int) -> BudgetSweep:
         if any(m.shape != (n,) for m in robust.values()):
             raise ValueError(f"robust masks are not ({n},)")
         run = BudgetSweep(str(p["name"]), str(p["norm"]), robust, seconds=float(p["seconds"]),
-                          gradients=int(p["gradients"]))
+                          gradients=int(p["gradients"]), queries=int(p.get("queries", 0)),
+                          extras={float(e): {k: torch.tensor(v) for k, v in d.items()} for e, d in p.get("extras", [])})
         if p.get("example") is not None:
             ex = p["example"]
             run.example = AttackResult(*(decode_tensor(ex[k]) for k in _EXAMPLE_FIELDS),
@@ -98,6 +101,8 @@ def _merge(name: str, parts: list[BudgetSweep]) -> BudgetSweep:
         out.robust.update(p.robust)
         out.seconds += p.seconds
         out.gradients += p.gradients
+        out.queries += p.queries
+        out.extras.update(p.extras)
         if p.example is not None:
             out.example, out.example_eps = p.example, p.example_eps
     out.robust = dict(sorted(out.robust.items()))
