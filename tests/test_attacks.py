@@ -229,7 +229,11 @@ def test_deepfool_rejects_target(mnist_clf, batch):
 
 
 def test_registry_and_bad_arguments():
-    assert set(ATTACKS) == {"fgsm", "pgd", "cw", "deepfool", "pixel", "threshold"}
+    assert {"fgsm", "pgd", "cw", "deepfool", "pixel", "threshold", "apgd", "fab", "fab-minimal", "square",
+            "autoattack"} <= set(ATTACKS)
+    for name in ATTACKS:                    # every registered attack declares what it is
+        cls = ATTACKS.get(name)
+        assert cls.family in {"gradient", "minimal", "black-box", "ensemble"} and isinstance(cls.uses_gradients, bool), name
     pgd = make_attack("pgd", eps=0.3, norm="l2", steps=5)
     assert isinstance(pgd, PGD) and pgd.with_eps(0.5).eps == 0.5 and pgd.step_size == 2.5 * 0.3 / 5
     assert make_attack("fgsm").eps == pytest.approx(8 / 255) and make_attack("fgsm", norm="l2").eps == 0.5
