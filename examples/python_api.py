@@ -1,4 +1,5 @@
-"""trustvision from Python: train the demo CNN, attack it, audit it (runs offline in about a minute)."""
+"""trustvision from Python: train the demo CNN, attack it, audit it (offline; its wall time is measured by
+``python examples/readme_output.py`` and written into the README beside the demo's)."""
 import trustvision as tv
 from trustvision.training import mnist_demo_model
 

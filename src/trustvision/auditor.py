@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -30,8 +29,9 @@ from .evaluation.sections.explain import ExplainConfig
 from .evaluation.sections.patch import PatchConfig
 from .evaluation.sections.robustness import RobustnessConfig
 from .evaluation.sections.uap import UAPConfig
+from .gates import check_budgets, check_gates, evaluate_gates, expected_metrics, parse_gate, summary_metrics
+from .headline import check_fail_on
 from .models.classifier import Classifier
-from .parsing import parse_number
 from .evaluation.sections.robustness_units import verify_units
 from .persist import digest, write_json_atomic
 from .progress import Progress, Quiet
@@ -56,6 +56,7 @@ class AuditConfig:
     patch: PatchConfig = field(default_factory=PatchConfig)
     corruptions: CorruptionsConfig = field(default_factory=CorruptionsConfig)
     gates: list[str] = field(default_factory=list)
+    fail_on: str = "error"         # lowest flag severity that fails the run: error | warning | none (--fail-on)
     resume: bool = True
     verify: float = 0.0            # share of finished per-image results re-run and compared (docs/resume.md)
 
@@ -69,6 +70,14 @@ class AuditConfig:
             raise TrustVisionError(f"unknown section(s) {bad}; choose from {SECTIONS.names()}")
         if self.batch_size < 1:
             raise TrustVisionError(f"--batch-size must be >= 1, got {self.batch_size}")
+        check_fail_on(self.fail_on)
+        check_budgets(self)                             # L-inf now; L2 and L0 once the image shape is known
+        for gate in self.gates:                         # syntax now; metric names: check_gates() once complete
+            parse_gate(gate)
+
+    def check_gates(self) -> None:
+        """Refuse a ``--fail-under`` gate naming a metric this audit will not produce (before any compute)."""
+        check_gates(self.gates, expected_metrics(self))
 
     @classmethod
     def from_toml(cls, path: str | Path, **overrides: Any) -> "AuditConfig":
@@ -95,67 +104,13 @@ class AuditConfig:
             raise TrustVisionError(f"{p}: {e}") from None
 
 
-# ------------------------------------------------------------------ gates
-_GATE = re.compile(r"^\s*([A-Za-z_][\w.]*(?:@[\w./]+)?)\s*=\s*([-+0-9.eE/]+)\s*$")
-
-
-def summary_metrics(sections: dict[str, SectionResult]) -> dict[str, float]:
-    """Flat metrics for the terminal, the report header and ``--fail-under`` gates.
-
-    Keys: ``clean_accuracy`` and ``robust_accuracy_<norm>@<eps>`` (worst case across attacks); with ``--eot``,
-    ``robust_accuracy_eot_<norm>@<eps>`` (worst case under freshly drawn transformations).
-    """
-    out: dict[str, float] = {}
-    if "clean" in sections:
-        out["clean_accuracy"] = sections["clean"].metrics["clean_accuracy"]
-    if "robustness" in sections:
-        for norm, curve in sections["robustness"].metrics.get("worst_case_robust_accuracy", {}).items():
-            for eps, acc in curve.items():
-                if float(eps) > 0:
-                    out[f"robust_accuracy_{norm}@{float(eps):.6g}"] = acc
-        eot = sections["robustness"].metrics.get("eot", {}).get("robust_accuracy_eot", {})
-        for norm, curve in eot.items():                 # --eot: worst case under fresh transformations
-            for eps, acc in curve.items():
-                if float(eps) > 0:
-                    out[f"robust_accuracy_eot_{norm}@{float(eps):.6g}"] = acc
-    if "corruptions" in sections:                       # mean over corruptions x severities; mCE with a baseline
-        m = sections["corruptions"].metrics
-        out.update({k: m[k] for k in ("mean_corruption_accuracy", "mce", "relative_mce") if k in m})
-    if "certify" in sections:
-        for r, acc in sections["certify"].metrics.get("certified_accuracy", {}).items():
-            out[f"certified_accuracy@{float(r):.6g}"] = acc
-    return out
-
-
-def evaluate_gates(gates: list[str], summary: dict[str, float]) -> list[dict]:
-    """Check ``METRIC=VALUE`` gates (metric must be >= value).  ``@eps`` may be a fraction like ``8/255``."""
-    results = []
-    for g in gates:
-        m = _GATE.match(g)
-        if not m:
-            raise TrustVisionError(f"--fail-under {g!r}: expected METRIC=VALUE, e.g. robust_accuracy_linf@8/255=0.4")
-        name, threshold = m.group(1), parse_number(m.group(2))
-        key = name
-        if "@" in name:
-            base, eps = name.split("@", 1)
-            want = parse_number(eps)
-            cands = [k for k in summary if k.startswith(base + "@") and abs(float(k.split("@")[1]) - want) < 1e-6]
-            key = cands[0] if cands else name
-        if key not in summary:
-            raise TrustVisionError(f"--fail-under {g!r}: unknown metric {name!r}; available: {', '.join(summary)}")
-        value = summary[key]
-        results.append({"gate": g, "metric": key, "op": ">=", "threshold": threshold, "value": value,
-                        "passed": value is not None and value >= threshold})
-    return results
-
-
 # ------------------------------------------------------------------ audit
 def data_fingerprint(data: Dataset) -> str:
     """:func:`~trustvision.persist.digest` of the evaluated images (N, C, H, W) and labels (N,)."""
     return digest(data.x, data.y)
 
 
-_NOT_NUMBERS = ("sections", "gates", "resume", "verify")     # config keys that cannot change a section's numbers
+_NOT_NUMBERS = ("sections", "gates", "fail_on", "resume", "verify")   # config keys that cannot change a number
 
 
 def fingerprint_base(clf: Classifier, data: Dataset, cfg: AuditConfig, weights: str) -> str:
@@ -182,9 +137,11 @@ def audit(clf: Classifier, data: Dataset, config: AuditConfig | None = None, out
         raise TrustVisionError(f"--out {out}: is a file, not a folder")
     out.mkdir(parents=True, exist_ok=True)
     say = _sayer(console)
+    cfg.check_gates()
     data = data.conform(clf.channels, clf.num_classes).sample(cfg.n_images, cfg.seed)
     if len(data) == 0:
         raise TrustVisionError(f"dataset {data.name!r} is empty")
+    check_budgets(cfg, tuple(data.x.shape[1:]))
     weights_before = clf.weights_hash()
     base = fingerprint_base(clf, data, cfg, weights_before)
     with output_lock(out, say):
@@ -198,12 +155,19 @@ def audit(clf: Classifier, data: Dataset, config: AuditConfig | None = None, out
             extra["gates"].append(_verification_gate(extra["verification"]))
         results = envelope(model={**clf.describe(), "weights_sha256": weights_before},
                            data={"spec": data_spec or data.name, "name": data.name, "n": len(data),
-                                 "num_classes": data.num_classes, "sha256": data_fingerprint(data)},
+                                 "num_classes": data.num_classes, "sha256": data_fingerprint(data),
+                                 **_skipped(data)},
                            config=asdict(cfg), summary=summary, sections=sections, **extra)
         results = _write_results(results, out)
     if clf.weights_hash() != weights_before:
         raise ModelModifiedError(f"model {clf.name!r}: weights changed during the audit (results kept in {out})")
     return results
+
+
+def _skipped(data: Dataset) -> dict:
+    """``skipped`` (count) and ``skipped_files`` ([{path, reason}]) when ``--skip-bad-images`` left files out."""
+    files = data.info.get("skipped")
+    return {"skipped": len(files), "skipped_files": files} if files is not None else {}
 
 
 _UNIT_SECTIONS = ("robustness",)          # sections with finer resume units in OUT/sections/NAME/

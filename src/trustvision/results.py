@@ -95,11 +95,17 @@ def envelope(*, model: dict[str, Any], data: dict[str, Any], config: dict[str, A
 
     ``model``/``data``/``config`` describe the inputs, ``summary`` holds the flat headline metrics,
     ``sections`` the section results; ``extra`` adds command-specific top-level keys (e.g. ``gates``).
+    ``headline`` (the verdict: :func:`trustvision.headline.headline`) is computed from the rest, stored after
+    ``created``.
     """
     import datetime as _dt
 
     from . import __version__
-    return {"schema_version": SCHEMA_VERSION, "trustvision_version": __version__,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "model": model, "data": data, "config": config, "summary": summary, **extra,
-            "sections": {k: v.to_dict() for k, v in sections.items()}}
+    from .headline import headline
+    doc = {"schema_version": SCHEMA_VERSION, "trustvision_version": __version__,
+           "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+           "model": model, "data": data, "config": config, "summary": summary, **extra,
+           "sections": {k: v.to_dict() for k, v in sections.items()}}
+    top = ("schema_version", "trustvision_version", "created")
+    return {**{k: doc[k] for k in top}, "headline": headline(clean_json(doc)),
+            **{k: v for k, v in doc.items() if k not in top}}

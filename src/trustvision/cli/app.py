@@ -7,7 +7,8 @@ options, :func:`~.options.checked` validates ``--out`` and the counts before any
 turns a :class:`~trustvision.errors.TrustVisionError` into one line.
 
 Errors caused by the user's input print one line (``error: ...``) and exit 2; a failed ``--fail-under``
-gate exits 1; success exits 0; Ctrl-C exits 130 and SIGTERM 143 (128 + 15), both saying that finished
+gate or a soundness flag at or above ``--fail-on`` (default: error) exits 1; success exits 0; Ctrl-C exits 130
+and SIGTERM 143 (128 + 15), both saying that finished
 sections are kept.
 """
 from __future__ import annotations
@@ -22,7 +23,8 @@ import typer
 from rich.markup import escape
 
 from ..errors import TrustVisionError
-from .commands import anomaly, attack, audit, certify, corruptions, demo, explain, patch, segment, train, uap, zeroshot
+from .commands import (anomaly, attack, audit, certify, corruptions, demo, explain, listing, patch, segment, train, uap,
+                       zeroshot)
 from .console import console, err
 from .options import checked, option_groups
 
@@ -69,8 +71,8 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 for _command in (demo.demo, audit.audit, attack.attack, explain.explain, certify.certify, uap.uap, train.train,
-                 zeroshot.zeroshot, anomaly.anomaly, patch.patch, corruptions.corruptions):
-    app.command(_command.__name__)(user_errors(checked(option_groups(_command))))
+                 zeroshot.zeroshot, anomaly.anomaly, patch.patch, corruptions.corruptions, listing.list_entries):
+    app.command(getattr(_command, "command_name", _command.__name__))(user_errors(checked(option_groups(_command))))
 app.add_typer(segment.sub_app(lambda f: user_errors(checked(option_groups(f)))), name="segment")
 
 

@@ -64,6 +64,15 @@ MaybeSeedOpt = Annotated[Optional[int], typer.Option(help="seed for sampling and
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="output folder")]
 FailUnderOpt = Annotated[Optional[list[str]], typer.Option("--fail-under", help="METRIC=VALUE gate")]
 NoResumeOpt = Annotated[bool, typer.Option("--no-resume", help="recompute finished sections")]
+SkipBadOpt = Annotated[bool, typer.Option("--skip-bad-images", help="skip unreadable image files of a folder "
+                                          "(counted in results.json and the report) instead of aborting")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress and no notes: only the headline")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print the headline and summary as JSON on stdout, "
+                                       "nothing else (progress and notes go to stderr)")]
+SummaryMdOpt = Annotated[Optional[Path], typer.Option("--summary-md", help="also write a short Markdown summary "
+                                                      "(verdict, gates, worst case, flags) for a CI comment")]
+FailOnOpt = Annotated[Optional[str], typer.Option("--fail-on", help="lowest soundness-flag severity that fails "
+                                                  "the run with exit 1: error (default) | warning | none")]
 
 # integer options that must be >= 1 when given, checked by :func:`checked` with the flag named
 AT_LEAST_ONE = ("n", "n0", "n_source", "images", "batch_size", "max_passes", "attack_images")
@@ -126,19 +135,41 @@ class ModelArgs:
 
 
 @dataclass(frozen=True)
+class OutputArgs:
+    """How a command that writes results.json talks: ``--quiet``, ``--json``, ``--summary-md FILE`` and the
+    verdict policy ``--fail-on`` (None: the config's, else ``error``)."""
+
+    option_group: ClassVar[bool] = True
+
+    quiet: QuietOpt = False
+    json_out: JsonOpt = False
+    summary_md: SummaryMdOpt = None
+    fail_on: FailOnOpt = None
+
+    def __post_init__(self) -> None:
+        if self.fail_on is not None:
+            from ..headline import check_fail_on
+            check_fail_on(self.fail_on)
+
+
+@dataclass(frozen=True)
 class DataArgs:
     """The images a command evaluates: a data spec (``--data``/``--eval``), optionally a seeded sample of ``n``;
-    images above ``max_pixels`` pixels (``--max-pixels``) are refused."""
+    images above ``max_pixels`` pixels (``--max-pixels``) are refused (or skipped with ``skip_bad``)."""
 
     spec: str
     n: int | None = None
     seed: int = 0
     max_pixels: int | None = MAX_PIXELS
+    skip_bad: bool = False
 
     def load(self, classifier: "Classifier") -> "Dataset":
-        """Images (N, C, H, W) in [0, 1] fitted to ``classifier`` (size, channels, classes); ``n`` of them if set."""
+        """Images (N, C, H, W) in [0, 1] fitted to ``classifier`` (size, channels, classes); ``n`` of them if set.
+        ``skip_bad`` (``--skip-bad-images``): unreadable files of a folder are skipped and listed in
+        ``info["skipped"]`` instead of aborting."""
         from ..data import load_dataset
-        data = load_dataset(self.spec, size=classifier.input_size, max_pixels=self.max_pixels)
+        data = load_dataset(self.spec, size=classifier.input_size, max_pixels=self.max_pixels,
+                            skip_bad=self.skip_bad)
         return data.conform(classifier.channels, classifier.num_classes).sample(self.n, self.seed)
 
 
@@ -200,4 +231,30 @@ def checked(command: Callable[..., Any]) -> Callable[..., Any]:
             if isinstance(value, int) and value < 1:
                 raise TrustVisionError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
         return command(**kwargs)
+    return run
+
+
+# ---------------------------------------------------------------- --threads (issue 19): every command, set before work
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch (default: "
+                                                   "$TRUSTVISION_THREADS, else the idle physical cores)")]
+_expand_groups = option_groups
+
+
+def option_groups(command: Callable[..., Any]) -> Callable[..., Any]:   # noqa: F811 (adds --threads)
+    """:func:`_expand_groups` plus a ``--threads`` option that calls :func:`trustvision.threads.configure_threads`
+    before the command runs (passive OpenMP waiting, fewer threads when the machine is busy)."""
+    inner = _expand_groups(command)
+    params = list(inspect.signature(inner).parameters.values())
+    if any(p.name == "threads" for p in params):
+        return inner
+    params.append(inspect.Parameter("threads", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=ThreadsOpt))
+
+    @wraps(inner)
+    def run(**kwargs: Any) -> Any:
+        from ..threads import configure_threads
+        configure_threads(kwargs.pop("threads", None))
+        return inner(**kwargs)
+
+    run.__signature__ = inspect.Signature(params)              # type: ignore[attr-defined]
+    run.__annotations__ = {p.name: p.annotation for p in params}
     return run

@@ -17,13 +17,16 @@ from .npz import load_npz
 
 
 def load_dataset(spec: str, *, size: tuple[int, int] | None = None,
-                 max_pixels: int | None = MAX_PIXELS) -> Dataset:
+                 max_pixels: int | None = MAX_PIXELS, skip_bad: bool = False) -> Dataset:
     """Load a dataset from a spec (folder, ``.npz``, or ``mnist``/``digits``/``natural``).
 
     Args:
         spec: the data spec.  size: (H, W) to resize folder images to (bilinear).
         max_pixels: refuse any image with more pixels than this (default :data:`MAX_PIXELS`
             = 50 000 000; ``None`` = no limit of trustvision's own, Pillow's bomb check still applies).
+        skip_bad: for a folder, skip files that cannot be read as images (corrupt, unsupported pixel type,
+            over ``max_pixels``) and list them in ``Dataset.info["skipped"]`` (``[{"path", "reason"}]``)
+            instead of aborting on the first (``--skip-bad-images``).  Other specs ignore it.
 
     Returns:
         A :class:`Dataset`: x (N, C, H, W) float32 in [0, 1], y (N,) int64.
@@ -37,7 +40,7 @@ def load_dataset(spec: str, *, size: tuple[int, int] | None = None,
     if not path.exists():
         raise TrustVisionError(f"{spec}: no such file or folder (or bundled set: {', '.join(bundled.NAMES)})")
     if path.is_dir():
-        return load_folder(path, size, max_pixels=max_pixels)
+        return load_folder(path, size, max_pixels=max_pixels, skip_bad=skip_bad)
     if path.suffix.lower() == ".npz":
         return load_npz(path, max_pixels=max_pixels)
     raise TrustVisionError(f"{spec}: unsupported data spec (use a class folder, an .npz with x/y, "

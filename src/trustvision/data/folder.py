@@ -46,23 +46,34 @@ def _to_tensor(a: np.ndarray, rgb: bool) -> Tensor:
 
 
 def load_folder(root: Path, size: tuple[int, int] | None = None, *,
-                max_pixels: int | None = MAX_PIXELS) -> Dataset:
+                max_pixels: int | None = MAX_PIXELS, skip_bad: bool = False) -> Dataset:
     """Load ``root/<class>/<image>`` into a :class:`Dataset` (N, C, H, W) in [0, 1], labels by sorted class name.
 
     Args:
         root: the folder.  size: (H, W) to resize every image to (bilinear); without it all images
             must share one size.  max_pixels: per-image pixel limit (``None`` = no limit).
+        skip_bad: skip files that cannot be read (corrupt, unsupported, too large) instead of aborting; they
+            are listed in ``info["skipped"]`` as ``{"path", "reason"}`` (an empty list when none was).
     """
     root = Path(root)
     classes, files = _class_files(root)
-    arrays, ys, paths, dtypes = [], [], [], set()
+    arrays, ys, paths, dtypes, skipped = [], [], [], set(), []
     for k, fs in enumerate(files):
         for f in fs:
-            a, dtype = read_image(f, max_pixels)
+            try:
+                a, dtype = read_image(f, max_pixels)
+            except TrustVisionError as e:
+                if not skip_bad:
+                    raise
+                skipped.append({"path": str(f), "reason": str(e).removeprefix(f"{f}: ")})
+                continue
             arrays.append(a)
             ys.append(k)
             paths.append(str(f))
             dtypes.add(dtype)
+    if not arrays:
+        raise TrustVisionError(f"{root}: none of the {len(skipped)} image files could be read "
+                               f"(first: {skipped[0]['path']}: {skipped[0]['reason']})")
     rgb = not all(a.ndim == 2 for a in arrays)
     tensors: list[Tensor] = []
     for a, p in zip(arrays, paths):
@@ -75,4 +86,6 @@ def load_folder(root: Path, size: tuple[int, int] | None = None, *,
             t = F.interpolate(t[None], size=tuple(size), mode="bilinear", align_corners=False)[0].clamp(0, 1)
         tensors.append(t)
     info = {"source": str(root), "source_dtype": ", ".join(sorted(dtypes)), "labels_from": "class sub-folders"}
+    if skip_bad:
+        info["skipped"] = skipped
     return Dataset(torch.stack(tensors), torch.tensor(ys), classes, root.name, paths, info)

@@ -16,7 +16,7 @@ from ...errors import TrustVisionError
 from ...parsing import parse_numbers
 from ..console import run_audit
 from ..options import (MAX_PIXELS, DataArgs, DataOpt, FailUnderOpt, MaxPixelsOpt, MaybeBatchOpt, MaybeSeedOpt, ModelArgs,
-                       NoResumeOpt, OutOpt)
+                       NoResumeOpt, OutOpt, OutputArgs, SkipBadOpt)
 
 if TYPE_CHECKING:
     from ...auditor import AuditConfig
@@ -43,28 +43,37 @@ def audit(model: ModelArgs, data: DataOpt, out: OutOpt = Path("trustvision-out")
           max_pixels: MaxPixelsOpt = MAX_PIXELS,
           verify: Annotated[bool, typer.Option("--verify", help="after a resumed audit, re-run a random tenth of the "
                                                "per-image results; exit 1 if they differ (docs/resume.md)")] = False,
+          eps_l0: Annotated[Optional[str], typer.Option(help="L0 budgets in pixels (attack 'pixel'), e.g. 0,1,3")]
+          = None,
+          skip_bad_images: SkipBadOpt = False, output: OutputArgs = OutputArgs(),
           ) -> None:
-    """Audit your model on your data: clean accuracy, robustness curves, soundness flags, report."""
+    """Audit your model on your data: clean accuracy, robustness curves, soundness flags, report.
+
+    Exit codes: 0 passed; 1 a --fail-under gate failed or a soundness flag at or above --fail-on (default:
+    error) was raised; 2 bad input (one line naming it)."""
     cfg = audit_config(config, batch_size=batch_size, n=n, seed=seed, resume=not no_resume, gates=fail_under,
                        attacks=attacks, eps_linf=eps_linf, eps_l2=eps_l2, verify=0.1 if verify else None,
-                       eot=eot, eot_samples=eot_samples)
+                       eot=eot, eot_samples=eot_samples, eps_l0=eps_l0, fail_on=output.fail_on)
     classifier = model.load()
     if defense:
         from ...defenses.transforms import defend
         classifier = defend(classifier, defense)
-    ds = DataArgs(data, max_pixels=max_pixels).load(classifier)      # the audit samples n_images with the seed
-    raise typer.Exit(run_audit(classifier, ds, cfg, out, data, trust_code=model.trust_code))
+    ds = DataArgs(data, max_pixels=max_pixels, skip_bad=skip_bad_images).load(classifier)   # sampled by the audit
+    raise typer.Exit(run_audit(classifier, ds, cfg, out, data, trust_code=model.trust_code, output=output))
 
 
 def audit_config(toml: Path | None, *, batch_size: int | None, n: int | None, seed: int | None, resume: bool,
                  gates: list[str] | None, attacks: str | None, eps_linf: str | None,
                  eps_l2: str | None, verify: float | None = None, eot: str | None = None,
-                 eot_samples: int | None = None) -> "AuditConfig":
+                 eot_samples: int | None = None, eps_l0: str | None = None,
+                 fail_on: str | None = None) -> "AuditConfig":
     """The audit's configuration: ``toml`` (or the defaults) overridden by the options that were given.
 
     An option overrides the file only when given (not None): ``--batch-size``, ``--n``, ``--seed`` (also the
     robustness section's), ``--fail-under``, ``--attacks``, the budgets; ``resume=False`` (``--no-resume``)
-    overrides the file's ``resume``.  Errors in the file are one line naming the file and the key.
+    overrides the file's ``resume``; ``--fail-on``.  Errors in the file are one line naming the file and the key.
+    Gates are checked against the metrics this audit will produce, budgets against their ranges, before any
+    model is loaded.
     """
     from ... import AuditConfig
     for flag, value in (("--batch-size", batch_size), ("--n", n)):
@@ -73,6 +82,7 @@ def audit_config(toml: Path | None, *, batch_size: int | None, n: int | None, se
     top = {"batch_size": batch_size, "seed": seed, "resume": None if resume else False, "n_images": n,
            "gates": list(gates) if gates else None}
     top["verify"] = verify                               # --verify: 0.1 (AuditConfig.verify), None: the file's
+    top["fail_on"] = fail_on
     if toml:
         try:
             cfg = AuditConfig.from_toml(toml, **top)
@@ -83,7 +93,7 @@ def audit_config(toml: Path | None, *, batch_size: int | None, n: int | None, se
     rob: dict = {} if seed is None else {"seed": seed}
     if attacks:
         rob["attacks"] = [a.strip() for a in attacks.split(",") if a.strip()]
-    for key, text in (("eps_linf", eps_linf), ("eps_l2", eps_l2)):
+    for key, text in (("eps_linf", eps_linf), ("eps_l2", eps_l2), ("eps_l0", eps_l0)):
         budgets = parse_numbers(text, f"--{key.replace('_', '-')}")
         if budgets:
             rob[key] = budgets
@@ -93,4 +103,6 @@ def audit_config(toml: Path | None, *, batch_size: int | None, n: int | None, se
         if eot_samples < 1:
             raise TrustVisionError(f"--eot-samples must be >= 1, got {eot_samples}")
         rob["eot_samples"] = eot_samples
-    return replace(cfg, robustness=replace(cfg.robustness, **rob))
+    cfg = replace(cfg, robustness=replace(cfg.robustness, **rob))
+    cfg.check_gates()                                    # a bad --fail-under fails now, not after the compute
+    return cfg

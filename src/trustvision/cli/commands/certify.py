@@ -12,8 +12,9 @@ import typer
 
 from ...errors import TrustVisionError
 from ...parsing import parse_numbers
-from ..console import console, run_audit
-from ..options import MAX_PIXELS, DataArgs, DataOpt, MaxPixelsOpt, ModelArgs, NoResumeOpt, OutOpt, SeedOpt
+from ..console import note, run_audit
+from ..options import (MAX_PIXELS, DataArgs, DataOpt, MaxPixelsOpt, ModelArgs, NoResumeOpt, OutOpt, OutputArgs, SeedOpt,
+                       SkipBadOpt)
 
 
 def certify(model: ModelArgs, data: DataOpt, out: OutOpt = Path("trustvision-certify"),
@@ -27,7 +28,8 @@ def certify(model: ModelArgs, data: DataOpt, out: OutOpt = Path("trustvision-cer
             seed: SeedOpt = 0,
             fail_under: Annotated[Optional[list[str]], typer.Option(
                 "--fail-under", help="METRIC=VALUE gate, e.g. certified_accuracy@0.5=0.6")] = None,
-            no_resume: NoResumeOpt = False, max_pixels: MaxPixelsOpt = MAX_PIXELS) -> None:
+            no_resume: NoResumeOpt = False, max_pixels: MaxPixelsOpt = MAX_PIXELS, skip_bad_images: SkipBadOpt = False,
+            output: OutputArgs = OutputArgs()) -> None:
     """Certify the Gaussian-smoothed model: certified accuracy vs L2 radius, abstentions, per-image radius."""
     from ... import AuditConfig
     from ...evaluation.sections.certify import CertifyConfig
@@ -36,9 +38,10 @@ def certify(model: ModelArgs, data: DataOpt, out: OutOpt = Path("trustvision-cer
     cert = CertifyConfig(sigma=sigma, n0=n0, n=n, alpha=alpha, batch_size=batch_size, max_images=None,
                          radii=parse_numbers(radii, "--radii"), seed=seed)
     classifier = model.load()
-    ds = DataArgs(data, max_pixels=max_pixels).load(classifier)      # the audit samples --images of them with --seed
+    ds = DataArgs(data, max_pixels=max_pixels, skip_bad=skip_bad_images).load(classifier)   # sampled by the audit
     cfg = AuditConfig(sections=["clean", "certify"], n_images=images, batch_size=min(batch_size, 256), seed=seed,
                       certify=cert, gates=list(fail_under or []), resume=not no_resume)
-    code = run_audit(classifier, ds, cfg, out, data)
-    console.print(f"certified accuracy curve and per-image radii: {out}", markup=False)
+    cfg.check_gates()
+    code = run_audit(classifier, ds, cfg, out, data, output=output)
+    note(output, f"certified accuracy curve and per-image radii: {out}")
     raise typer.Exit(code)

@@ -13,9 +13,9 @@ from typing import Annotated, Optional
 import typer
 
 from ...errors import TrustVisionError
-from ..console import console, run_audit
+from ..console import note, run_audit
 from ..options import (MAX_PIXELS, DataArgs, DataOpt, FailUnderOpt, MaxPixelsOpt, ModelArgs, NoResumeOpt, OutOpt,
-                       SeedOpt)
+                       OutputArgs, SeedOpt, SkipBadOpt)
 
 
 def corruptions(model: ModelArgs, data: DataOpt, out: OutOpt = Path("trustvision-corruptions"),
@@ -33,7 +33,8 @@ def corruptions(model: ModelArgs, data: DataOpt, out: OutOpt = Path("trustvision
                 images: Annotated[int, typer.Option("--images", help="images to corrupt")] = 500,
                 batch_size: Annotated[int, typer.Option("--batch-size", help="images per device batch")] = 256,
                 seed: SeedOpt = 0, fail_under: FailUnderOpt = None, no_resume: NoResumeOpt = False,
-                max_pixels: MaxPixelsOpt = MAX_PIXELS) -> None:
+                max_pixels: MaxPixelsOpt = MAX_PIXELS, skip_bad_images: SkipBadOpt = False,
+                output: OutputArgs = OutputArgs()) -> None:
     """Accuracy under common corruptions at 5 severities, mean corruption accuracy, mCE against a baseline."""
     from ... import AuditConfig
     from ...evaluation.sections.corruptions import CorruptionsConfig
@@ -53,9 +54,10 @@ def corruptions(model: ModelArgs, data: DataOpt, out: OutOpt = Path("trustvision
     except TrustVisionError as e:
         raise TrustVisionError(f"--corruptions: {e}" if "corruption '" in str(e) else str(e)) from None
     classifier = model.load()
-    ds = DataArgs(data, max_pixels=max_pixels).load(classifier)
+    ds = DataArgs(data, max_pixels=max_pixels, skip_bad=skip_bad_images).load(classifier)
     cfg = AuditConfig(sections=["clean", "corruptions"], n_images=images, batch_size=batch_size, seed=seed,
                       corruptions=cfg_c, gates=list(fail_under or []), resume=not no_resume)
-    code = run_audit(classifier, ds, cfg, out, data)
-    console.print(f"corruption heat-map and grid: {out}", markup=False)
+    cfg.check_gates()
+    code = run_audit(classifier, ds, cfg, out, data, output=output)
+    note(output, f"corruption heat-map and grid: {out}")
     raise typer.Exit(code)

@@ -12,8 +12,9 @@ import typer
 
 from ...errors import TrustVisionError
 from ...parsing import parse_numbers
-from ..console import console, run_audit
-from ..options import MAX_PIXELS, BatchOpt, DataArgs, DataOpt, MaxPixelsOpt, ModelArgs, NoResumeOpt, OutOpt, SeedOpt
+from ..console import note, run_audit
+from ..options import (MAX_PIXELS, BatchOpt, DataArgs, DataOpt, MaxPixelsOpt, ModelArgs, NoResumeOpt, OutOpt, OutputArgs,
+                       SeedOpt, SkipBadOpt)
 
 
 def explain(model: ModelArgs, data: DataOpt, out: OutOpt = Path("trustvision-explain"),
@@ -27,14 +28,15 @@ def explain(model: ModelArgs, data: DataOpt, out: OutOpt = Path("trustvision-exp
             eps: Annotated[Optional[str], typer.Option(help="attack budget, e.g. 8/255 (default: the attack's)")] = None,
             steps: Annotated[int, typer.Option(help="deletion/insertion steps")] = 28,
             batch_size: BatchOpt = 128, n: Annotated[int, typer.Option("--n", help="images to explain")] = 500,
-            seed: SeedOpt = 0, no_resume: NoResumeOpt = False, max_pixels: MaxPixelsOpt = MAX_PIXELS) -> None:
+            seed: SeedOpt = 0, no_resume: NoResumeOpt = False, max_pixels: MaxPixelsOpt = MAX_PIXELS,
+            skip_bad_images: SkipBadOpt = False, output: OutputArgs = OutputArgs()) -> None:
     """Explain the model: Grad-CAM++ maps, deletion/insertion faithfulness, k-means clusters of attention
     (per class and per --groups), attention shift under attack; results.json + report.html."""
     from ... import AuditConfig
     from ...evaluation.sections.explain import ExplainConfig
     from ...explain import read_groups
     classifier = model.load()
-    ds = DataArgs(data, max_pixels=max_pixels).load(classifier)
+    ds = DataArgs(data, max_pixels=max_pixels, skip_bad=skip_bad_images).load(classifier)
     labels_per_image = read_groups(groups, len(ds), ds.paths) if groups else None
     idx = ds.sample_indices(n, seed)      # keep the indices so group labels follow their images
     ds = ds.subset(idx)
@@ -48,6 +50,6 @@ def explain(model: ModelArgs, data: DataOpt, out: OutOpt = Path("trustvision-exp
                                 groups_source=str(groups) if groups else "")
     cfg = AuditConfig(sections=["clean", "explain"], n_images=None, batch_size=batch_size, seed=seed,
                       explain=cfg_explain, resume=not no_resume)
-    code = run_audit(classifier, ds, cfg, out, data)
-    console.print(f"explain maps, clusters and figures: {out}", markup=False)
+    code = run_audit(classifier, ds, cfg, out, data, output=output)
+    note(output, f"explain maps, clusters and figures: {out}")
     raise typer.Exit(code)

@@ -14,8 +14,9 @@ from typing import Annotated, Optional
 import typer
 
 from ...parsing import parse_numbers
-from ..console import console, run_audit
-from ..options import MAX_PIXELS, BatchOpt, DataArgs, DataOpt, MaxPixelsOpt, ModelArgs, OutOpt, SeedOpt
+from ..console import note, run_audit
+from ..options import (MAX_PIXELS, BatchOpt, DataArgs, DataOpt, MaxPixelsOpt, ModelArgs, OutOpt, OutputArgs, SeedOpt,
+                       SkipBadOpt)
 
 _Float = Annotated[float, typer.Option()]
 
@@ -47,7 +48,8 @@ def patch(model: ModelArgs, data: DataOpt,
           = 0.5,
           out: OutOpt = Path("trustvision-patch"), batch_size: BatchOpt = 128, seed: SeedOpt = 0,
           no_resume: Annotated[bool, typer.Option("--no-resume", help="recompute finished sections")] = False,
-          max_pixels: MaxPixelsOpt = MAX_PIXELS) -> None:
+          max_pixels: MaxPixelsOpt = MAX_PIXELS, skip_bad_images: SkipBadOpt = False,
+          output: OutputArgs = OutputArgs()) -> None:
     """Train a universal adversarial patch on part of --data, judge it on the held-out rest against
     random-noise and natural-photo patches of the same area; patch.png + results.json + report.html."""
     from ... import AuditConfig
@@ -61,7 +63,7 @@ def patch(model: ModelArgs, data: DataOpt,
                             palette=None if palette is None else str(palette), train_fraction=train_fraction,
                             print_size=print_size, dpi=dpi, seed=seed)      # bad options: one line, before loading
     classifier = model.load()
-    ds = DataArgs(data, n=n, seed=seed, max_pixels=max_pixels).load(classifier)
+    ds = DataArgs(data, n=n, seed=seed, max_pixels=max_pixels, skip_bad=skip_bad_images).load(classifier)
     hw = tuple(ds.x.shape[-2:])
     for a in sorted({area, *cfg_patch.areas}):           # a patch larger than the image: refused before any work
         check_fits(a, hw, shape, cfg_patch.scale[1], "--area" if a == area else "--areas")
@@ -70,7 +72,6 @@ def patch(model: ModelArgs, data: DataOpt,
         raise TrustVisionError(f"--target must be a class in [0, {classifier.num_classes - 1}], got {target}")
     cfg = AuditConfig(sections=["clean", "patch"], n_images=None, batch_size=batch_size, seed=seed, patch=cfg_patch,
                       resume=not no_resume)
-    code = run_audit(classifier, ds, cfg, out, data)
-    console.print(f"patch: {out / 'patch.png'} ({print_size} at {dpi:g} dpi), raw: {out / 'patch.npy'}",
-                  markup=False)
+    code = run_audit(classifier, ds, cfg, out, data, output=output)
+    note(output, f"patch: {out / 'patch.png'} ({print_size} at {dpi:g} dpi), raw: {out / 'patch.npy'}")
     raise typer.Exit(code)

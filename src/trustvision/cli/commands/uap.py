@@ -11,8 +11,8 @@ from typing import Annotated, Optional
 import typer
 
 from ...parsing import parse_numbers
-from ..console import console, run_audit
-from ..options import MAX_PIXELS, BatchOpt, DataArgs, MaxPixelsOpt, ModelArgs, OutOpt, SeedOpt
+from ..console import note, run_audit
+from ..options import MAX_PIXELS, BatchOpt, DataArgs, MaxPixelsOpt, ModelArgs, OutOpt, OutputArgs, SeedOpt, SkipBadOpt
 
 
 def uap(model: ModelArgs,
@@ -33,7 +33,10 @@ def uap(model: ModelArgs,
                                                           "spec runs that file: needs --trust-code)")] = None,
         batch_size: BatchOpt = 128, seed: SeedOpt = 0,
         no_resume: Annotated[bool, typer.Option("--no-resume", help="recompute finished sections/passes")] = False,
-        max_pixels: MaxPixelsOpt = MAX_PIXELS) -> None:
+        max_pixels: MaxPixelsOpt = MAX_PIXELS, skip_bad_images: SkipBadOpt = False,
+        output: OutputArgs = OutputArgs(),
+        preset: Annotated[Optional[str], typer.Option(help="authors' settings: hirano2020 (ART's fixed L∞ FGSM "
+                                                      "step, delta 1e-6; see docs/universal.md)")] = None) -> None:
     """Build a UAP from --source images, evaluate it on --eval against two random controls of the same norm
     (pixel-permuted, uniform random), ζ sweep, transfer to --also models; results.json + report.html."""
     from ... import AuditConfig
@@ -42,12 +45,27 @@ def uap(model: ModelArgs,
     for spec in also or []:                 # refused before any work, like --model
         require_code_trust(spec, model.trust_code, where="--also: ")
     classifier = model.load()
-    ds = DataArgs(eval, n=n, seed=seed, max_pixels=max_pixels).load(classifier)
+    ds = DataArgs(eval, n=n, seed=seed, max_pixels=max_pixels, skip_bad=skip_bad_images).load(classifier)
     cfg_uap = UAPConfig(source=source, n_source=n_source, method=method, norm=norm, zeta=zeta, eps=eps,
                         target=target, max_passes=max_passes, sweep=parse_numbers(sweep, "--sweep") or [],
-                        transfer=list(also or []), seed=seed)
+                        transfer=list(also or []), seed=seed, **uap_preset_options(preset, method))
     cfg = AuditConfig(sections=["clean", "uap"], n_images=None, batch_size=batch_size, seed=seed, uap=cfg_uap,
                       resume=not no_resume)
-    code = run_audit(classifier, ds, cfg, out, eval, trust_code=model.trust_code)
-    console.print(f"UAP: {out / 'uap.npy'} (amplified: {out / 'uap.png'})", markup=False)
+    code = run_audit(classifier, ds, cfg, out, eval, trust_code=model.trust_code, output=output)
+    note(output, f"UAP: {out / 'uap.npy'} (amplified: {out / 'uap.png'})")
     raise typer.Exit(code)
+
+
+def uap_preset_options(preset: str | None, method: str) -> dict:
+    """The UAPConfig fields a ``--preset`` fixes (step rule, step, stop rate); one-line errors for a bad name."""
+    if preset is None:
+        return {}
+    from ...attacks.universal import UAP_PRESETS
+    from ...errors import TrustVisionError
+    if preset not in UAP_PRESETS:
+        raise TrustVisionError(f"--preset {preset!r}: unknown; choose from {', '.join(UAP_PRESETS)}")
+    p = UAP_PRESETS[preset]
+    if method != p["method"]:
+        raise TrustVisionError(f"--preset {preset} uses --method {p['method']}, not {method}")
+    return {k: p[k] for k in ("step_rule", "step", "stop_rate")}
+

@@ -8,7 +8,16 @@ Checks (each a :class:`~trustvision.results.Flag` with a sentence a person can a
   gradient attacks underestimate vulnerability (Carlini & Wagner 2017, sec. 4);
 * ``non-deterministic`` (warning): two identical passes disagree — a randomised model or
   defence, which must be evaluated with EOT (Athalye et al. 2018), not plain PGD;
-* ``low-clean-accuracy`` (warning): near chance, so robustness numbers say little.
+* ``low-clean-accuracy`` (warning): near chance, so robustness numbers say little;
+* ``constant-predictions`` (error): the model predicts one class for (nearly) every image although the
+  labels hold several classes — a degenerate model (e.g. a random-init network) whose "robustness" is
+  meaningless;
+* ``below-majority-baseline`` (warning): clean accuracy is not above the majority-class rate (always
+  answering the most frequent label) by more than a binomial margin;
+* ``skipped-images`` (warning): ``--skip-bad-images`` left unreadable files out (listed in the evidence).
+
+Metrics name both baselines: ``majority_class_rate`` (the share of the most frequent true class, the
+honest chance line on imbalanced data) and ``chance_1_over_k`` (1/K; also kept as ``chance``).
 """
 from __future__ import annotations
 
@@ -55,6 +64,60 @@ def output_flags(clf: Classifier, x: Tensor, logits: Tensor) -> list[Flag]:
     return flags
 
 
+CONSTANT_SHARE = 0.95      # one predicted class for at least this share of images: constant predictions
+BASELINE_Z = 2.0           # binomial margin (standard errors) above the majority-class rate
+
+
+def baseline_flags(pred: Tensor, y: Tensor, labels: list[str]) -> tuple[list[Flag], dict]:
+    """Flags comparing predictions (N,) with trivial baselines on labels (N,): ``constant-predictions`` and
+    ``below-majority-baseline``.  Returns the flags and the metrics ``majority_class_rate``, ``majority_class``,
+    ``top_prediction_share``.
+    """
+    n, k = len(y), len(labels)
+    if n == 0:
+        return [], {"majority_class_rate": None, "majority_class": None, "top_prediction_share": None}
+    true_counts = torch.bincount(y, minlength=k)
+    pred_counts = torch.bincount(pred, minlength=k)
+    major = int(true_counts.argmax())
+    rate = float(true_counts[major]) / n
+    top = int(pred_counts.argmax())
+    top_share = float(pred_counts[top]) / n
+    acc = float((pred == y).float().mean())
+    stats = {"majority_class_rate": rate, "majority_class": labels[major], "top_prediction_share": top_share}
+    flags: list[Flag] = []
+    top_true = float(true_counts[top]) / n
+    several = int((true_counts > 0).sum()) > 1
+    if n >= 10 and several and top_share >= CONSTANT_SHARE and top_true < CONSTANT_SHARE - 0.05:
+        flags.append(Flag("constant-predictions", "error",
+                          f"The model predicts class {labels[top]!r} for {top_share:.1%} of the images "
+                          f"({int(pred_counts[top])} of {n}) although only {top_true:.1%} of them belong to it: a "
+                          "degenerate model (untrained weights, wrong --num-classes or normalisation). Its robustness "
+                          "numbers are meaningless.",
+                          {"class": labels[top], "prediction_share": top_share, "label_share": top_true, "n": n}))
+    margin = BASELINE_Z * (rate * (1 - rate) / n) ** 0.5
+    if acc <= rate + margin:
+        flags.append(Flag("below-majority-baseline", "warning",
+                          f"Clean accuracy {acc:.1%} (of {n} images) is not above the majority-class rate {rate:.1%} "
+                          f"(always answering {labels[major]!r}) by more than the binomial margin {margin:.1%}: the "
+                          "model does no better than a constant guess. Check the model, its normalisation and the "
+                          "label order before reading robustness numbers.",
+                          {"clean_accuracy": acc, "majority_class_rate": rate, "majority_class": labels[major],
+                           "margin": margin, "n": n}))
+    return flags, stats
+
+
+def skipped_flags(data: Dataset) -> list[Flag]:
+    """A ``skipped-images`` warning when ``--skip-bad-images`` left unreadable files out of the data."""
+    skipped = data.info.get("skipped") or []
+    if not skipped:
+        return []
+    first = "; ".join(f"{s['path']} ({s['reason']})" for s in skipped[:3])
+    return [Flag("skipped-images", "warning",
+                 f"{len(skipped)} unreadable image file(s) were skipped (--skip-bad-images) and are not in these "
+                 f"numbers: {first}{' ...' if len(skipped) > 3 else ''}. Fix or remove them.",
+                 {"skipped": len(skipped), "files": skipped})]
+
+
 def clean_section(clf: Classifier, data: Dataset, *, batch_size: int = 256,
                   progress: Progress | None = None) -> tuple[SectionResult, Tensor]:
     """Clean accuracy, per-class accuracy and output checks.
@@ -88,11 +151,13 @@ def clean_section(clf: Classifier, data: Dataset, *, batch_size: int = 256,
                           f"Clean accuracy {acc:.1%} is close to chance ({chance:.1%}); check the model, its "
                           "normalisation (--mean/--std) and the label order before reading robustness numbers.",
                           {"clean_accuracy": acc, "chance": chance}))
+    base_flags, base = baseline_flags(pred, data.y, clf.labels)
+    flags += base_flags + skipped_flags(data)
     table = Table("Accuracy per class", ["class", "images", "clean accuracy"],
                   [[clf.labels[k], int((data.y == k).sum()), float(pcs[k])] for k in range(clf.num_classes)])
     section = SectionResult(
         name="clean", title="Clean accuracy and model checks",
-        metrics={"clean_accuracy": acc, "n_images": len(data), "chance": chance,
+        metrics={"clean_accuracy": acc, "n_images": len(data), "chance": chance, "chance_1_over_k": chance, **base,
                  "per_class_accuracy": {clf.labels[k]: float(pcs[k]) for k in range(clf.num_classes)}},
         tables=[table], flags=flags, seconds=time.perf_counter() - t0)
     return section, logits
