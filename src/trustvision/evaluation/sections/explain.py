@@ -155,6 +155,13 @@ def explain_section(clf: Classifier, data: Dataset, clean_logits: Tensor, cfg: E
                           f"{metrics['deletion_auc']:.3f} vs random {metrics['random_deletion_auc']:.3f}); "
                           "try another target layer (--layer) or method before reading the maps.",
                           {"layer": layer_name}))
+    neg = float(cams.negative_fraction.mean()) if cams.negative_fraction is not None else 0.0
+    metrics["negative_activation_fraction"] = neg
+    if cfg.method == "gradcam++" and neg > 0:
+        flags.append(Flag("explain_negative_activations", "warning",
+                          f"the CAM layer {layer_name!r} has negative activations ({neg:.1%} of values): Grad-CAM++'s "
+                          "denominator 2 + S·g can cross zero there (near-zero ones are guarded, α = 0); choose the "
+                          "layer after the activation (--layer) or use gradcam.", {"layer": layer_name}))
     if shift is not None:
         _add_shift(cfg, shift, metrics, tables)
     sec = SectionResult("explain", f"Explanations ({cfg.method}) and attention", metrics, tables, flags=flags,

@@ -79,6 +79,7 @@ class UAPConfig:
     transfer: list[str] = field(default_factory=list)
     n_examples: int = 8
     seed: int = 0
+    step_rule: str = "batched"
 
     def __post_init__(self) -> None:
         if self.eps is not None:
@@ -88,7 +89,7 @@ class UAPConfig:
     def generator(self) -> UniversalPerturbation:
         return UniversalPerturbation(method=self.method, norm=self.norm, eps=self.eps, zeta=self.zeta,
                                      max_passes=self.max_passes, stop_rate=self.stop_rate, step=self.step,
-                                     seed=self.seed)
+                                     seed=self.seed, step_rule=self.step_rule)
 
 
 def _load_transfer(spec: str, clf: Classifier, trust_code: bool) -> Classifier:
