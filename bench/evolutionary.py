@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from attacks import PixelModel, sync  # bench/attacks.py
 from common import device_name, load_average, write_results  # bench/common.py
+from floor import floor_rates, share  # bench/floor.py
 from torch import nn
 
 from trustvision.attacks import PixelAttack, perturbation_norms
@@ -132,12 +133,22 @@ def main() -> None:
             print(f"  th={th} pop={pop} {lib:12s} {r['sec_per_image']:.3f} s/img success={r['success']:.3f} "
                   f"max L0={r['max_l0']}", flush=True)
         ref = entry["libs"]["trustvision"]["sec_per_image"]
+        ours = entry["libs"]["trustvision"]
+        fb = args.forward_batch or (4096 if device.type == "cuda" else 256)
+        floor = floor_rates(clf, x[torch.arange(fb) % len(x)], repeats=3, backward=False)["forward"]
+        rate = ours["mean_queries"] / ours["attack_only_sec_per_image"]          # candidate images forwarded / s
+        ours.update(forward_floor_per_s=floor, forwards_per_s=rate, share_of_floor=rate / floor)
+        print(f"  th={th} trustvision forwards {rate:.0f} img/s at batch {fb}: {share(rate, floor)} "
+              f"({floor:.0f} img/s)", flush=True)
         for lib, r in entry["libs"].items():
             if lib != "trustvision":
                 r["ratio_peer_over_ours"] = r["sec_per_image"] / ref
         results.append(entry)
     meta["total_seconds"] = round(time.perf_counter() - t_all, 1)
-    md = table(results)
+    md = table(results) + "\n\n" + "\n".join(
+        f"- th={e['th']}: trustvision forwards {e['libs']['trustvision']['forwards_per_s']:.0f} candidate images/s, "
+        f"{100 * e['libs']['trustvision']['share_of_floor']:.0f} % of the forward floor "
+        f"({e['libs']['trustvision']['forward_floor_per_s']:.0f} img/s, bench/floor.py)" for e in results)
     print("\n" + md)
     write_results(args.out, "evolutionary", meta, device,
         f"# Evolutionary (pixel) attack benchmark {meta['date']}\n\n"

@@ -22,8 +22,12 @@ radius ``σ·Φ⁻¹(p̲_A)`` around ``x`` (their Theorem 1 with ``p̄_B = 1 −
 
 Noise sampling runs at the forward-pass floor: the ``N × n`` (image, sample) pairs are laid out
 flat and cut into forward batches of ``batch_size`` (one batch holds many images when ``n`` is
-small, one image's samples span many batches when it is large); each batch is one ``randn`` on
-the device from a seeded generator, one forward pass under ``torch.inference_mode`` (bf16 via the
+small, one image's samples span many batches when it is large).  The default batch comes from
+:func:`trustvision.batching.forward_batch` — sized by device and input: a few hundred small images
+on a CPU, where the paper's 1 000-image batches fall out of cache and run slower than a per-image
+loop, thousands on a GPU.  Each batch takes its Gaussian noise on the device from a seeded
+generator drawn in fixed-size blocks (so the counts depend on the seed, never on the batch size),
+then one forward pass under ``torch.inference_mode`` (bf16 via the
 Classifier's ``precision``), one argmax and one ``scatter_add_`` into the ``(N, K)`` counts on the
 device.  Nothing in the loop waits for the host.  Noise is added to [0, 1] pixels without
 clamping, so radii are L2 distances in pixel units, the units of attack budgets.
@@ -44,6 +48,7 @@ from torch import Tensor, nn
 
 from ..attacks.base import log_mean_softmax
 from ..attacks.gradient import check_number
+from ..batching import forward_batch
 from ..errors import TrustVisionError
 from ..models.classifier import Classifier
 
@@ -97,6 +102,8 @@ def check_settings(obj, *, fields: Sequence[str] = ("sigma", "n0", "n", "alpha",
                 raise TrustVisionError(f"{obj.name}: alpha must lie in (0, 1), got {obj.alpha!r}")
         elif f == "seed":
             check_number(obj, f, integer=True)
+        elif f == "batch_size":
+            check_number(obj, f, low=1, integer=True, none_ok=True)
         else:
             check_number(obj, f, low=1, integer=True)
 
@@ -157,9 +164,10 @@ class Smoothed:
         n0: selection samples of CERTIFY (100).
         n: estimation samples of CERTIFY and samples of PREDICT (100 000).
         alpha: failure probability of PREDICT and CERTIFY (0.001).
-        batch_size: noisy images per forward pass (several images share a batch when ``n`` is small).
+        batch_size: noisy images per forward pass (several images share a batch when ``n`` is small);
+            None (default): :func:`~trustvision.batching.forward_batch` for the device and image size.
         seed: seeds the noise; every call starts from it, so the same inputs give the same results
-            on the same device and batch size.
+            on the same device, whatever the batch size.
 
     Example::
 
@@ -172,7 +180,7 @@ class Smoothed:
     name: ClassVar[str] = "smoothing"
 
     def __init__(self, classifier: Classifier, sigma: float, *, n0: int = 100, n: int = 100_000,
-                 alpha: float = 0.001, batch_size: int = 1000, seed: int = 0) -> None:
+                 alpha: float = 0.001, batch_size: int | None = None, seed: int = 0) -> None:
         self.classifier = classifier
         self.sigma, self.n0, self.n, self.alpha, self.batch_size, self.seed = sigma, n0, n, alpha, batch_size, seed
         check_settings(self)
@@ -180,7 +188,7 @@ class Smoothed:
     def describe(self) -> dict:
         """Settings, for results.json."""
         return {"sigma": self.sigma, "n0": self.n0, "n": self.n, "alpha": self.alpha,
-                "batch_size": self.batch_size, "seed": self.seed}
+                "batch_size": self.batch_size if self.batch_size is not None else "auto", "seed": self.seed}
 
     def generator(self) -> torch.Generator:
         """A fresh generator on the classifier's device seeded with ``seed``."""
@@ -191,25 +199,41 @@ class Smoothed:
             raise TrustVisionError(f"smoothing: images must be a N,C,H,W tensor, got {tuple(getattr(x, 'shape', ()))}")
         return x.to(self.classifier.device, torch.float32)
 
-    def batches(self, images: int, samples: int) -> int:
-        """Forward passes that ``samples`` noise draws for each of ``images`` images take."""
-        return -(-images * samples // self.batch_size)
+    def forward_batch(self, sample_shape: Sequence[int] | None = None) -> int:
+        """Noisy images per forward pass: ``batch_size``, or when None the device's choice
+        (:func:`~trustvision.batching.forward_batch`) for images of ``sample_shape`` (C, H, W), by default
+        the classifier's ``(channels, *input_size)``."""
+        if self.batch_size is not None:
+            return self.batch_size
+        clf = self.classifier
+        if sample_shape is None:
+            if clf.input_size is None:
+                raise ValueError("Smoothed.forward_batch: give sample_shape (C, H, W) when batch_size is automatic")
+            sample_shape = (clf.channels, *clf.input_size)
+        return forward_batch(clf, clf.device, sample_shape=sample_shape)
+
+    def batches(self, images: int, samples: int, sample_shape: Sequence[int] | None = None) -> int:
+        """Forward passes that ``samples`` noise draws for each of ``images`` images of ``sample_shape`` take."""
+        return -(-images * samples // self.forward_batch(sample_shape))
 
     def sample_counts(self, x: Tensor, samples: int, generator: torch.Generator,
                       advance: Callable[[int], None] | None = None) -> Tensor:
         """Votes (N, K) int64, on the device, of the base classifier over ``samples`` noisy copies of each image.
 
-        ``x`` (N, C, H, W); ``advance(1)`` is called after each forward batch (progress bars).
+        ``x`` (N, C, H, W); ``advance(1)`` is called after each forward batch (progress bars).  The noise
+        comes from ``generator`` in fixed blocks (:class:`_NoiseStream`), so the counts depend on the seed
+        and the device but not on the batch size.
         """
         clf, x = self.classifier, self._inputs(x)
-        k, total, bs = clf.num_classes, len(x) * samples, self.batch_size
+        k, total, bs = clf.num_classes, len(x) * samples, self.forward_batch(x.shape[1:])
         counts = torch.zeros(len(x) * k, dtype=torch.long, device=clf.device)
+        stream = _NoiseStream(generator, x.shape[1:], clf.device)
         with torch.inference_mode():
             ones = torch.ones(bs, dtype=torch.long, device=clf.device)
             for start in range(0, total, bs):                 # a loop over batches, never over samples
                 stop = min(start + bs, total)
                 owner = torch.arange(start, stop, device=clf.device) // samples
-                noisy = torch.randn((stop - start, *x.shape[1:]), generator=generator, device=clf.device)
+                noisy = stream.take(stop - start)
                 noisy.mul_(self.sigma).add_(x.index_select(0, owner))
                 votes = clf(noisy).argmax(1)
                 counts.scatter_add_(0, owner * k + votes, ones[:stop - start])
@@ -259,6 +283,36 @@ class Smoothed:
         module = _SmoothedModule(self, m, self.seed if seed is None else seed).eval()
         return Classifier(module, num_classes=clf.num_classes, channels=clf.channels, labels=clf.labels,
                           device=clf.device, name=f"{clf.name} smoothed (sigma={self.sigma:g}, m={m})")
+
+
+class _NoiseStream:
+    """Gaussian noise images (m, C, H, W) taken in any amounts from one generator, drawn in fixed blocks.
+
+    Every draw from the generator has the same shape (``block`` images: 64 on a CPU, 1 024 on an
+    accelerator), and what a batch does not use is kept for the next one, so the sequence of noise
+    images is the same whatever the batch sizes; full blocks are drawn in place into the batch.
+    """
+
+    def __init__(self, generator: torch.Generator, shape: Sequence[int], device: torch.device) -> None:
+        self.gen, self.shape, self.device = generator, tuple(shape), device
+        self.block = 64 if device.type == "cpu" else 1024
+        self.left = torch.empty((0, *self.shape), device=device)
+
+    def take(self, m: int) -> Tensor:
+        """The next ``m`` noise images (m, C, H, W), standard normal, on the device."""
+        out = torch.empty((m, *self.shape), device=self.device)
+        r = min(m, len(self.left))
+        out[:r] = self.left[:r]
+        self.left = self.left[r:]
+        while r < m:
+            if m - r >= self.block:
+                out[r:r + self.block].normal_(generator=self.gen)
+                r += self.block
+            else:
+                fresh = torch.empty((self.block, *self.shape), device=self.device).normal_(generator=self.gen)
+                out[r:] = fresh[:m - r]
+                self.left, r = fresh[m - r:], m
+        return out
 
 
 class _SmoothedModule(nn.Module):
