@@ -24,7 +24,8 @@ def certify(model: ModelArgs, data: DataOpt, out: OutOpt = Path("trustvision-cer
             alpha: Annotated[float, typer.Option(help="failure probability of each certificate")] = 0.001,
             images: Annotated[int, typer.Option("--images", help="images to certify")] = 100,
             radii: Annotated[Optional[str], typer.Option(help="radii of the curve, e.g. 0,0.25,0.5,0.75,1")] = None,
-            batch_size: Annotated[int, typer.Option("--batch-size", help="noisy images per forward pass")] = 1000,
+            batch_size: Annotated[Optional[int], typer.Option(
+                "--batch-size", help="noisy images per forward pass (default: chosen for the device)")] = None,
             seed: SeedOpt = 0,
             fail_under: Annotated[Optional[list[str]], typer.Option(
                 "--fail-under", help="METRIC=VALUE gate, e.g. certified_accuracy@0.5=0.6")] = None,
@@ -39,7 +40,7 @@ def certify(model: ModelArgs, data: DataOpt, out: OutOpt = Path("trustvision-cer
                          radii=parse_numbers(radii, "--radii"), seed=seed)
     classifier = model.load()
     ds = DataArgs(data, max_pixels=max_pixels, skip_bad=skip_bad_images).load(classifier)   # sampled by the audit
-    cfg = AuditConfig(sections=["clean", "certify"], n_images=images, batch_size=min(batch_size, 256), seed=seed,
+    cfg = AuditConfig(sections=["clean", "certify"], n_images=images, batch_size=min(batch_size or 256, 256), seed=seed,
                       certify=cert, gates=list(fail_under or []), resume=not no_resume)
     cfg.check_gates()
     code = run_audit(classifier, ds, cfg, out, data, output=output)

@@ -39,7 +39,7 @@ class CertifyConfig:
     n0: int = 100
     n: int = 100_000
     alpha: float = 0.001
-    batch_size: int = 1000
+    batch_size: int | None = None          # None: trustvision.batching.forward_batch for the device
     max_images: int | None = 100
     radii: list[float] | None = None
     high_abstention: float = 0.5
@@ -76,7 +76,7 @@ def certify_section(clf: Classifier, data: Dataset, cfg: CertifyConfig | None = 
     x, y = data.x[:n], data.y[:n]
     sm = cfg.smoother(clf)
     advance = progress.task(f"certify (sigma={cfg.sigma:g}, {n} images x {cfg.n0}+{cfg.n} samples)",
-                            sm.batches(n, cfg.n0) + sm.batches(n, cfg.n))
+                            sm.batches(n, cfg.n0, x.shape[1:]) + sm.batches(n, cfg.n, x.shape[1:]))
     res = sm.certify(x, advance=advance)
     sampling = time.perf_counter() - t0
     radii = cfg.radius_grid()
