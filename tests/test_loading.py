@@ -158,7 +158,7 @@ def test_factory_input_size(factory_file):
 
 
 def test_torchvision_resnet18_state_dict(tmp_path):
-    torchvision = pytest.importorskip("torchvision")
+    import torchvision                      # a core dependency: never skipped
     torch.manual_seed(0)
     net = torchvision.models.resnet18(num_classes=10).eval()
     f = tmp_path / "r18.safetensors"

@@ -147,7 +147,7 @@ def test_provenance_per_kind_of_spec(tmp_path):
     assert p["format"] == "torchscript" and p["model_sha256"] == hashlib.sha256(ts.read_bytes()).hexdigest()
     p = load_model("trustvision:smallcnn", num_classes=10, channels=1).provenance
     assert p["arch"] == "trustvision:smallcnn" and p["versions"]["torch"] == torch.__version__
-    pytest.importorskip("torchvision")
+    import torchvision  # noqa: F401  (a core dependency: never skipped)
     p = load_model("torchvision:resnet18", num_classes=10).provenance
     assert p["arch"] == "torchvision:resnet18" and p["versions"].get("torchvision")
 
