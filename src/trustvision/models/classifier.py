@@ -182,12 +182,7 @@ class Classifier:
 
     def weights_hash(self) -> str:
         """SHA-256 over every parameter and buffer (names, dtypes and bytes)."""
-        h = hashlib.sha256()
-        for name, t in sorted(self.module.state_dict().items()):
-            h.update(name.encode())
-            h.update(str(t.dtype).encode())
-            h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-        return h.hexdigest()
+        return weights_hash(self.module)
 
     @property
     def provenance(self) -> dict:
@@ -226,3 +221,16 @@ class _PixelModule(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.clf(x)
+
+
+def weights_hash(module: nn.Module) -> str:
+    """Full hex SHA-256 over every parameter and buffer of ``module`` (sorted names, dtypes and raw bytes).
+
+    The audit hashes the user's model before and after to prove it was never modified.
+    """
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

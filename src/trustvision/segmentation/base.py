@@ -19,12 +19,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator, Sequence
 
-import hashlib
-
 import torch
 from torch import Tensor, nn
 
 from ..errors import TrustVisionError
+from ..models.classifier import weights_hash
 
 if TYPE_CHECKING:                                   # pragma: no cover
     from .leak import LeakPrior
@@ -173,12 +172,7 @@ class Segmenter:
 
     def weights_hash(self) -> str:
         """SHA-256 over every parameter and buffer (names, dtypes, bytes)."""
-        h = hashlib.sha256()
-        for name, t in sorted(self.module.state_dict().items()):
-            h.update(name.encode())
-            h.update(str(t.dtype).encode())
-            h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-        return h.hexdigest()
+        return weights_hash(self.module)
 
     def describe(self) -> dict:
         """Settings for results.json."""
