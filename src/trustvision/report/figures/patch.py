@@ -11,7 +11,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .common import as_numpy, figure_helper, plain, save, short_label, subplots, to_image
+from .common import as_numpy, figure_helper, plain, save, subplots, to_image
+from .uap import before_after
 
 __all__ = ["patch_image", "printable_png", "patched_examples", "success_curve", "training_curve"]
 
@@ -52,29 +53,10 @@ def patch_image(patch: Any, mask: Any, path: str | Path, *, title: str = "") -> 
     save(fig, path)
 
 
-@figure_helper
 def patched_examples(x: Any, x_patched: Any, pred: Any, pred_patched: Any, labels: Sequence[str], path: str | Path,
                      *, target: int | None = None) -> None:
     """Two rows: clean images with predictions, then with the patch (red: prediction changed; the target bold)."""
-    xs, xp = as_numpy(x).astype(np.float32), as_numpy(x_patched).astype(np.float32)
-    p, pp = as_numpy(pred).astype(int), as_numpy(pred_patched).astype(int)
-    n = max(len(xs), 1)
-    fig, axes = subplots(2, n, figsize=(1.3 * n + 0.4, 3.0))
-    for i in range(n):
-        for row, (img, k) in enumerate(((xs, p), (xp, pp))):
-            ax = axes[row][i]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i >= len(xs):
-                continue
-            ax.imshow(to_image(img[i]), cmap="gray" if img.shape[1] == 1 else None, vmin=0, vmax=1)
-            changed = row == 1 and pp[i] != p[i]
-            ax.set_title(short_label(labels, k[i], 10), fontsize=7, color="tab:red" if changed else "black",
-                         fontweight="bold" if row == 1 and target is not None and pp[i] == target else "normal")
-    axes[0][0].set_ylabel("clean", fontsize=8)
-    axes[1][0].set_ylabel("+ patch", fontsize=8)
-    fig.tight_layout()
-    save(fig, path)
+    before_after(x, x_patched, pred, pred_patched, labels, path, second="+ patch", target=target)
 
 
 @figure_helper

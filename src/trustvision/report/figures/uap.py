@@ -36,8 +36,10 @@ def uap_image(v: Any, path: str | Path, *, title: str = "") -> None:
 
 
 @figure_helper
-def before_after(x: Any, x_adv: Any, pred: Any, pred_adv: Any, labels: Sequence[str], path: str | Path) -> None:
-    """Two rows: clean images with their predictions, the same images + UAP with theirs (red = changed).
+def before_after(x: Any, x_adv: Any, pred: Any, pred_adv: Any, labels: Sequence[str], path: str | Path, *,
+                 second: str = "+ UAP", target: int | None = None) -> None:
+    """Two rows: clean images with their predictions, the same images perturbed (``second``: "+ UAP",
+    "+ patch") with theirs (red = changed; bold = reached ``target``).
 
     Drawn in the order given: the section picks fooled images of several classes first
     (:func:`.common.pick_examples`).  x, x_adv: (N, C, H, W) in [0, 1]; pred, pred_adv: (N,).
@@ -55,9 +57,11 @@ def before_after(x: Any, x_adv: Any, pred: Any, pred_adv: Any, labels: Sequence[
                 continue
             ax.imshow(to_image(img[i]), cmap="gray" if img.shape[1] == 1 else None, vmin=0, vmax=1)
             color = "tab:red" if row == 1 and pa[i] != p[i] else "black"
-            ax.set_title(short_label(labels, k[i], 10), fontsize=7, color=color)
+            bold = row == 1 and target is not None and pa[i] == target
+            ax.set_title(short_label(labels, k[i], 10), fontsize=7, color=color,
+                         fontweight="bold" if bold else "normal")
     axes[0][0].set_ylabel("clean", fontsize=8)
-    axes[1][0].set_ylabel("+ UAP", fontsize=8)
+    axes[1][0].set_ylabel(second, fontsize=8)
     fig.tight_layout()
     save(fig, path)
 
