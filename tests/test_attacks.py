@@ -252,15 +252,17 @@ def test_registry_and_bad_arguments():
 def test_capabilities_are_what_callers_read():
     from trustvision.attacks import PRESETS
     fam = {name: (cls.family, cls.uses_gradients, cls.single_step, cls.minimal) for name, cls in ATTACKS.items()}
-    assert fam == {"fgsm": ("gradient", True, True, False), "pgd": ("gradient", True, False, False),
-                   "cw": ("minimal", True, False, True), "deepfool": ("minimal", True, False, True),
-                   "pixel": ("black-box", False, False, False), "threshold": ("black-box", False, False, False)}
-    assert PRESETS.names() == ["fgsm", "pgd", "fgsm-l2", "pgd-l2", "cw", "deepfool", "deepfool-linf", "pixel",
-                               "threshold"]
-    norms = {name: PRESETS.get(name).norm for name in PRESETS}
+    expected = {"fgsm": ("gradient", True, True, False), "pgd": ("gradient", True, False, False),
+                "cw": ("minimal", True, False, True), "deepfool": ("minimal", True, False, True),
+                "pixel": ("black-box", False, False, False), "threshold": ("black-box", False, False, False),
+                "apgd": ("gradient", True, False, False), "square": ("black-box", False, False, False)}
+    assert {k: fam[k] for k in expected} == expected
+    assert PRESETS.names()[:9] == ["fgsm", "pgd", "fgsm-l2", "pgd-l2", "cw", "deepfool", "deepfool-linf", "pixel",
+                                   "threshold"]
+    norms = {name: PRESETS.get(name).norm for name in PRESETS.names()[:9]}
     assert norms == {"fgsm": "linf", "pgd": "linf", "fgsm-l2": "l2", "pgd-l2": "l2", "cw": "l2", "deepfool": "l2",
                      "deepfool-linf": "linf", "pixel": "l0", "threshold": "linf"}
-    assert all(PRESETS.get(n).build().norm == norms[n] for n in PRESETS)
+    assert all(PRESETS.get(n).build().norm == PRESETS.get(n).norm for n in PRESETS)    # every preset, new ones too
     with pytest.raises(TrustVisionError, match="unknown attack preset 'nope'"):
         PRESETS.get("nope")
 

@@ -53,6 +53,7 @@ def patch_image(patch: Any, mask: Any, path: str | Path, *, title: str = "") -> 
     save(fig, path)
 
 
+@figure_helper
 def patched_examples(x: Any, x_patched: Any, pred: Any, pred_patched: Any, labels: Sequence[str], path: str | Path,
                      *, target: int | None = None) -> None:
     """Two rows: clean images with predictions, then with the patch (red: prediction changed; the target bold)."""
