@@ -1,8 +1,16 @@
 """Shared fixtures: one MNIST CNN trained (or loaded from cache) per test session."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest-xdist runs one worker per core (-n auto): give each worker its share of the cores, so that
+    # workers x torch threads never oversubscribe the machine (spinning OpenMP threads collapse throughput)
+    _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // _workers))
 
 from trustvision.models.classifier import Classifier
 from trustvision.training import mnist_demo_model

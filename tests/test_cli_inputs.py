@@ -220,6 +220,7 @@ def test_sigterm_handler_is_not_installed_at_import_and_restored_after_a_command
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+@pytest.mark.slow
 def test_sigterm_prints_the_interrupted_line_exits_143_and_keeps_finished_sections(weights, tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}

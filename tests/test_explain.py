@@ -188,6 +188,7 @@ def test_explain_section_is_opt_in_and_writes_figures(mnist_clf, mnist_test, tmp
                                            explain=ExplainConfig(groups=["a"], attack=None)), tmp_path / "b")
 
 
+@pytest.mark.slow
 def test_cli_explain(mnist_setup, tmp_path):
     from safetensors.torch import save_file
     w = tmp_path / "cnn.safetensors"

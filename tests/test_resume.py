@@ -113,6 +113,7 @@ def test_versions_are_part_of_the_fingerprint(what, mnist_clf, mnist_test, tmp_p
 
 
 # ------------------------------------------------------------------ 2. digests and unreadable files
+@pytest.mark.slow
 def test_edited_section_is_detected_and_recomputed(full, mnist_clf, mnist_test, tmp_path):
     out = tmp_path / "o"
     shutil.copytree(full[1], out)
@@ -171,6 +172,7 @@ def test_irremovable_directory_is_one_line_error_before_any_compute(mnist_clf, m
 
 
 # ------------------------------------------------------------------ 3. per-attack units
+@pytest.mark.slow
 def test_robustness_resumes_per_attack_and_budget(full, mnist_clf, mnist_test, tmp_path):
     out = tmp_path / "o"
     shutil.copytree(full[1], out)
@@ -187,6 +189,7 @@ def test_robustness_resumes_per_attack_and_budget(full, mnist_clf, mnist_test, t
     assert _untimed(res["sections"]) == _untimed(full[0]["sections"])
 
 
+@pytest.mark.slow
 def test_edited_unit_is_recomputed(full, mnist_clf, mnist_test, tmp_path):
     out = tmp_path / "o"
     shutil.copytree(full[1], out)
@@ -231,6 +234,7 @@ def test_report_records_results_digest_and_is_rerendered_when_out_of_step(full, 
 
 
 # ------------------------------------------------------------------ 5. --verify
+@pytest.mark.slow
 def test_verify_passes_on_untouched_audit_and_fails_on_edited_mask(full, mnist_clf, mnist_test, tmp_path):
     out = tmp_path / "o"
     shutil.copytree(full[1], out)
@@ -254,6 +258,7 @@ def test_verify_passes_on_untouched_audit_and_fails_on_edited_mask(full, mnist_c
     assert not res["gates"][-1]["passed"]
 
 
+@pytest.mark.slow
 def test_verify_option_exits_1_on_a_failed_verification(mnist_setup, tmp_path):
     from safetensors.torch import save_file
     from typer.testing import CliRunner

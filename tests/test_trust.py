@@ -169,6 +169,7 @@ def test_in_memory_module_provenance_hashes_its_class_source():
     assert a["classes"][a["class"]] != b["classes"][b["class"]]
 
 
+@pytest.mark.slow
 def test_code_fingerprint_is_stable_across_processes(tmp_path):
     f = _factory(tmp_path)
     here = load_model(f"{f}:make", trust_code=True).code_fingerprint()
