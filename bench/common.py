@@ -1,6 +1,8 @@
 """Shared plumbing for the benchmarks: device description, load average, result files."""
 from __future__ import annotations
 
+import argparse
+import datetime as dt
 import json
 import os
 import platform
@@ -42,3 +44,34 @@ def write_results(out: Path, kind: str, meta: dict, device: torch.device, markdo
     stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     print(f"\nwrote {stem}.md and .json")
     return stem
+
+
+def add_classifier_options(p: argparse.ArgumentParser) -> None:
+    """The options every attack bench shares: device, Classifier options, threads, output folder."""
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--bf16", action="store_true", help="Classifier(precision='bf16')")
+    p.add_argument("--channels-last", action="store_true", help="Classifier(channels_last=True)")
+    p.add_argument("--compile", action="store_true", help="Classifier(compile=True)")
+    p.add_argument("--models", default="mnist", help="comma list: mnist,resnet18")
+    p.add_argument("--n", type=int, default=32, help="images per run")
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """``--threads`` and ``--out``, added after a bench's own options."""
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+
+
+def setup(args: argparse.Namespace, script: str, **extra) -> tuple[torch.device, dict, dict]:
+    """Apply ``--threads``; return (device, Classifier options, meta with the exact command line)."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    opts = {"precision": "bf16" if args.bf16 else "fp32", "channels_last": args.channels_last, "compile": args.compile}
+    command = f"python bench/{script} " + " ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+        if k != "out" and v not in (None, False)).replace(" True", "")
+    meta = {"date": dt.date.today().isoformat(), "device": str(device), "device_name": device_name(device),
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "load_average": load_average(),
+            "n": args.n, **extra, **opts, "command": command}
+    return device, opts, meta

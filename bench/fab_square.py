@@ -19,13 +19,11 @@ Writes ``bench/results/fab-square-<YYYY-MM-DD>-<device>.md`` and ``.json``.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-from pathlib import Path
 
 import torch
 
 from attacks import PixelModel, build_models, timed_run     # bench/attacks.py: models and timing, shared
-from common import device_name, load_average, write_results
+from common import add_classifier_options, add_run_options, setup, write_results
 from trustvision import attacks as tv
 from trustvision.models.classifier import Classifier
 
@@ -63,27 +61,12 @@ def measure(clf: Classifier, run, x, y, norm: str, eps: float, ours: bool) -> di
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--bf16", action="store_true", help="Classifier(precision='bf16')")
-    p.add_argument("--channels-last", action="store_true", help="Classifier(channels_last=True)")
-    p.add_argument("--compile", action="store_true", help="Classifier(compile=True)")
-    p.add_argument("--models", default="mnist", help="comma list: mnist,resnet18")
-    p.add_argument("--n", type=int, default=32, help="images per run")
+    add_classifier_options(p)
     p.add_argument("--fab-steps", type=int, default=100, help="FAB iterations per target (the paper: 100)")
     p.add_argument("--queries", type=int, default=5000, help="Square queries per image (AutoAttack: 5000)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    add_run_options(p)
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    opts = {"precision": "bf16" if args.bf16 else "fp32", "channels_last": args.channels_last, "compile": args.compile}
-    meta = {"date": dt.date.today().isoformat(), "device": str(device), "device_name": device_name(device),
-            "torch": torch.__version__, "threads": torch.get_num_threads(), "load_average": load_average(),
-            "n": args.n, "fab_steps": args.fab_steps, "queries": args.queries, **opts,
-            "command": "python bench/fab_square.py " + " ".join(
-                f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("out",) and v not in
-                (None, False)).replace(" True", "")}
+    device, opts, meta = setup(args, "fab_square.py", **{"fab_steps": args.fab_steps, "queries": args.queries})
     results = []
     for name, clf, x, y, eps_inf, eps_2 in build_models(args.models.split(","), device, opts, args.n):
         peer = PixelModel(clf, **opts)
