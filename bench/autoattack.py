@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from attacks import build_models, timed_run     # bench/attacks.py: models and timing, shared
-from common import add_classifier_options, add_run_options, setup, write_results
+from common import add_classifier_options, add_run_options, setup, versus, with_result, write_results
 from trustvision import attacks as tv
 from trustvision.models.classifier import Classifier
 
@@ -101,20 +101,12 @@ def main() -> None:
             ours = tv.AutoAttack(eps=eps, norm="linf", steps=args.steps, fab_steps=args.fab_steps,
                                  n_queries=args.queries, seed=0)
             peer = peer_autoattack(peer_clf.as_module(), "linf", eps, args)
-            r_o = measure(lambda xs, ys: _pair(ours, ours_clf, xs, ys), ours_clf, ours_count, x, y, "linf", eps, True)
+            r_o = measure(lambda xs, ys: with_result(ours, ours_clf, xs, ys), ours_clf, ours_count, x, y, "linf",
+                          eps, True)
             r_p = measure(lambda xs, ys: peer(xs, ys), peer_clf, peer_count, x, y, "linf", eps, False)
-            r_p["ratio_peer_over_ours"] = r_p["sec_per_image"] / r_o["sec_per_image"]
+            print(versus(f"{name:9s} eps={eps:<6g}", r_o, r_p) + f" | {r_o['contributions']}", flush=True)
             results.append({"model": name, "eps": eps, "libs": {"trustvision": r_o, "torchattacks": r_p}})
-            print(f"  {name:9s} eps={eps:<6g} ours {r_o['sec_per_image'] * 1e3:8.1f} ms/img robust "
-                  f"{r_o['robust_accuracy']:.3f} | torchattacks {r_p['sec_per_image'] * 1e3:8.1f} ms/img robust "
-                  f"{r_p['robust_accuracy']:.3f} | ratio {r_p['ratio_peer_over_ours']:.2f} | {r_o['contributions']}",
-                  flush=True)
     write_results(args.out, "autoattack", meta, device, _markdown(meta, results), results)
-
-
-def _pair(attack, clf, xs, ys):
-    res = attack(clf, xs, ys)
-    return res.x_adv, res
 
 
 def _markdown(meta: dict, results: list[dict]) -> str:

@@ -75,3 +75,18 @@ def setup(args: argparse.Namespace, script: str, **extra) -> tuple[torch.device,
             "torch": torch.__version__, "threads": torch.get_num_threads(), "load_average": load_average(),
             "n": args.n, **extra, **opts, "command": command}
     return device, opts, meta
+
+
+def with_result(attack, clf, xs, ys):
+    """Run a trustvision attack for ``timed_run``: returns (x_adv, AttackResult)."""
+    res = attack(clf, xs, ys)
+    return res.x_adv, res
+
+
+def versus(label: str, ours: dict, peer: dict, peer_name: str = "torchattacks") -> str:
+    """Set ``peer["ratio_peer_over_ours"]`` (seconds per image) and return the printed comparison line."""
+    peer["ratio_peer_over_ours"] = peer["sec_per_image"] / ours["sec_per_image"]
+    return (f"  {label} ours {ours['sec_per_image'] * 1e3:8.1f} ms/img robust {ours['robust_accuracy']:.3f} | "
+            f"{peer_name} {peer['sec_per_image'] * 1e3:8.1f} ms/img robust {peer['robust_accuracy']:.3f} | "
+            f"ratio {peer['ratio_peer_over_ours']:.2f}")
+

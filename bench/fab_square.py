@@ -23,7 +23,7 @@ import argparse
 import torch
 
 from attacks import PixelModel, build_models, timed_run     # bench/attacks.py: models and timing, shared
-from common import add_classifier_options, add_run_options, setup, write_results
+from common import add_classifier_options, add_run_options, setup, versus, with_result, write_results
 from trustvision import attacks as tv
 from trustvision.models.classifier import Classifier
 
@@ -72,21 +72,12 @@ def main() -> None:
         peer = PixelModel(clf, **opts)
         for row, norm, eps, ours, make_peer in rows(eps_inf, eps_2, args):
             a_peer = make_peer(peer)
-            r_ours = measure(clf, lambda xs, ys: _ours_pair(ours, clf, xs, ys), x, y, norm, eps, True)
+            r_ours = measure(clf, lambda xs, ys: with_result(ours, clf, xs, ys), x, y, norm, eps, True)
             r_peer = measure(clf, lambda xs, ys: a_peer(xs, ys), x, y, norm, eps, False)
-            r_peer["ratio_peer_over_ours"] = r_peer["sec_per_image"] / r_ours["sec_per_image"]
+            print(versus(f"{name:9s} {row:12s}", r_ours, r_peer), flush=True)
             results.append({"model": name, "attack": row, "eps": eps, "libs": {"trustvision": r_ours,
                                                                              "torchattacks": r_peer}})
-            print(f"  {name:9s} {row:12s} ours {r_ours['sec_per_image'] * 1e3:8.1f} ms/img "
-                  f"robust {r_ours['robust_accuracy']:.3f} | torchattacks {r_peer['sec_per_image'] * 1e3:8.1f} "
-                  f"ms/img robust {r_peer['robust_accuracy']:.3f} | ratio {r_peer['ratio_peer_over_ours']:.2f}",
-                  flush=True)
     write_results(args.out, "fab-square", meta, device, _markdown(meta, results), results)
-
-
-def _ours_pair(attack, clf, xs, ys):
-    res = attack(clf, xs, ys)
-    return res.x_adv, res
 
 
 def _markdown(meta: dict, results: list[dict]) -> str:
