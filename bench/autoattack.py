@@ -91,7 +91,7 @@ def main() -> None:
     p.add_argument("--queries", type=int, default=5000, help="Square queries (the paper: 5000)")
     add_run_options(p)
     args = p.parse_args()
-    device, opts, meta = setup(args, "autoattack.py", **{"steps": args.steps, "fab_steps": args.fab_steps, "queries": args.queries})
+    device, opts, meta = setup(args, "autoattack.py", steps=args.steps, fab_steps=args.fab_steps, queries=args.queries)
     results = []
     for name, clf, x, y, eps_inf, _ in build_models(args.models.split(","), device, opts, args.n):
         budgets = [float(e) for e in args.eps.split(",")] if name == "mnist" else [eps_inf]

@@ -66,7 +66,7 @@ def main() -> None:
     p.add_argument("--queries", type=int, default=5000, help="Square queries per image (AutoAttack: 5000)")
     add_run_options(p)
     args = p.parse_args()
-    device, opts, meta = setup(args, "fab_square.py", **{"fab_steps": args.fab_steps, "queries": args.queries})
+    device, opts, meta = setup(args, "fab_square.py", fab_steps=args.fab_steps, queries=args.queries)
     results = []
     for name, clf, x, y, eps_inf, eps_2 in build_models(args.models.split(","), device, opts, args.n):
         peer = PixelModel(clf, **opts)
