@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -15,6 +12,7 @@ from trustvision.models import zoo
 from trustvision.training import checkpoint
 from trustvision.training.trainer import TrainConfig, evaluate, train
 from trustvision.errors import TrustVisionError
+from torchrun import torchrun
 from trustvision.models.classifier import Classifier
 
 
@@ -130,13 +128,10 @@ def test_amp_and_sgd_step_schedule_run(digits):
     assert r.history[-1]["lr"] == pytest.approx(0.05 * 0.01)
 
 
-def _torchrun(nproc: int, out, extra=()) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "trustvision", "train", "--arch", "trustvision:smallcnn", "--data", "digits", "--method", "pgd",
-           "--steps", "2", "--eps", "0.1", "--epochs", "2", "--batch-size", "64", "--eval-images", "200",
-           "--out", str(out), *extra]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+def _torchrun(nproc: int, out, extra=()):
+    return torchrun(nproc, ["train", "--arch", "trustvision:smallcnn", "--data", "digits", "--method", "pgd",
+                            "--steps", "2", "--eps", "0.1", "--epochs", "2", "--batch-size", "64",
+                            "--eval-images", "200", "--out", str(out), *extra])
 
 
 @pytest.mark.slow

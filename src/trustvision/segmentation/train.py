@@ -6,7 +6,7 @@ loss.  Adam with a cosine learning-rate schedule that depends only on the step, 
 ``(seed, epoch)`` alone, no other randomness: a run resumed from ``OUT/checkpoint.safetensors`` (written
 atomically after every epoch by :mod:`trustvision.training.checkpoint`) ends with bit-identical weights.
 ``precision="bf16"`` trains under bf16 autocast.  Under ``torchrun --nproc-per-node N``
-(:mod:`trustvision.training.distributed`) each rank takes every N-th image of each global batch and the
+(:mod:`trustvision.scale.dist`) each rank takes every N-th image of each global batch and the
 module is wrapped in ``DistributedDataParallel`` (batch-norm statistics stay per rank); rank 0 writes files.
 
 With a :class:`~.leak.LeakPrior` (its bank = the training set) the network gets each training image's
@@ -31,7 +31,7 @@ from ..errors import TrustVisionError
 from ..persist import digest, write_json_atomic
 from ..progress import Progress, Quiet
 from ..training import checkpoint
-from ..training.distributed import Dist, init
+from ..scale.dist import Dist, init
 from .base import SegDataset, Segmenter
 from .feedback import FeedbackUNet
 from .leak import LeakPrior

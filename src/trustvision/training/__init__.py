@@ -1,6 +1,6 @@
 """Training: one trainer (:mod:`.trainer`; settings in :mod:`.config`, methods — standard, Gaussian noise,
 PGD-AT, fast AT, TRADES — in :mod:`.methods`), checkpoints (:mod:`.checkpoint`), torchrun/DDP helpers
-(:mod:`.distributed`), the concurrency-safe trained-model cache (:mod:`.cache`) and the cached MNIST
+(:mod:`trustvision.scale.dist`), the concurrency-safe trained-model cache (:mod:`.cache`) and the cached MNIST
 models of the demo, tests and examples (:mod:`.fixtures`)."""
 from .cache import cache_dir, cached_model
 from .config import TrainConfig, TrainResult

@@ -13,7 +13,7 @@
 The examples are made with the project's own attack primitives (:func:`~trustvision.attacks.gradient.pgd_steps`,
 ``project``, ``enforce_budget``) through a :class:`~trustvision.models.classifier.Classifier` on the *unwrapped*
 module in eval mode, as TRADES and most reference code do; only the parameter update runs in train mode.
-Random starts are drawn for the whole global batch and sliced per rank (see :mod:`.distributed`).
+Random starts are drawn for the whole global batch and sliced per rank (see :mod:`trustvision.scale.dist`).
 
 Shapes: images (N, C, H, W) in [0, 1], labels (N,) int64, logits (N, K).
 """
@@ -29,7 +29,7 @@ from ..attacks.gradient import attack_loss, enforce_budget, pgd_steps, project
 from ..data.dataset import Dataset
 from ..models.classifier import Classifier
 from .config import TrainConfig
-from .distributed import SINGLE, Dist
+from ..scale.dist import SINGLE, Dist
 
 
 def _start(kind: str, shape: torch.Size, eps: float, gen: torch.Generator, device, dist: Dist) -> Tensor:

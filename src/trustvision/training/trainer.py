@@ -53,7 +53,7 @@ from ..persist import write_json_atomic
 from ..progress import Progress, Quiet
 from . import checkpoint
 from .config import AMP, METHODS, OPTIMIZERS, SCHEDULES, TrainConfig, TrainResult
-from .distributed import SINGLE, Dist
+from ..scale.dist import SINGLE, Dist
 from .methods import evaluate, overfitting_warning, pgd_from, training_inputs, training_loss
 
 __all__ = ["AMP", "METHODS", "OPTIMIZERS", "SCHEDULES", "TrainConfig", "TrainResult", "evaluate",

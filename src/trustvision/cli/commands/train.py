@@ -51,7 +51,8 @@ def train(arch: Annotated[str, typer.Option(help="architecture, e.g. trustvision
           max_pixels: MaxPixelsOpt = MAX_PIXELS) -> None:
     """Train a model, adversarially or not; evaluate clean and PGD accuracy after every epoch; checkpoint and resume."""
     from ...progress import Quiet
-    from ...training import TrainConfig, distributed
+    from ...scale import dist as distributed
+    from ...training import TrainConfig
     from ...training import train as run_train
 
     budget = parse_numbers(eps, "--eps")

@@ -1,5 +1,6 @@
 """torchrun helpers: one code path for 1 process and for ``torchrun --nproc-per-node N``.
 
+Used by training (DDP), the audit, UAP generation and Raw Zero-Shot (``docs/distributed.md``).
 ``torchrun`` sets ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``;
 :func:`init` reads them and starts a process group (``nccl`` on CUDA, ``gloo`` on the CPU).
 Without them it returns a single-process :class:`Dist` and nothing is initialised, so the trainer
@@ -10,12 +11,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as tdist
 from torch import Tensor
 
 from ..errors import TrustVisionError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -49,8 +53,58 @@ class Dist:
         if self.active:
             tdist.barrier()
 
+    def gather(self, obj: T) -> list[T]:
+        """``[obj of rank 0, obj of rank 1, ...]`` on every rank (``[obj]`` single-process).
+
+        For small, picklable results (per-image masks, metrics, CPU tensors of a shard): it goes
+        through ``all_gather_object``, so tensors should be on the CPU.
+        """
+        if not self.active:
+            return [obj]
+        out: list[Any] = [None] * self.world
+        tdist.all_gather_object(out, obj)
+        return out
+
+    def broadcast(self, obj: T) -> T:
+        """Rank 0's ``obj`` on every rank (``obj`` itself single-process)."""
+        if not self.active:
+            return obj
+        box = [obj if self.main else None]
+        tdist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def owns(self, block: int) -> bool:
+        """True when this rank runs block ``block`` of a list split into blocks (round-robin: ``block % world``)."""
+        return block % self.world == self.rank
+
+    def raise_together(self, error: BaseException | None) -> None:
+        """Raise on every rank when any rank met an error (so none waits forever in a later collective).
+
+        Each rank passes its own error or None; the first rank's error (by rank) is re-raised as a
+        :class:`TrustVisionError` naming that rank, or as itself single-process.
+        """
+        if not self.active:
+            if error is not None:
+                raise error
+            return
+        errors = self.gather(None if error is None else str(error))
+        for rank, msg in enumerate(errors):
+            if msg is not None:
+                raise TrustVisionError(msg if rank == self.rank else f"rank {rank}: {msg}")
+
 
 SINGLE = Dist()     # the single-process default
+_CURRENT: list[Dist] = [SINGLE]
+
+
+def current() -> Dist:
+    """The process group description set by :func:`init` (``SINGLE`` before any, or after :func:`shutdown`).
+
+    Library code that shards work (``attacks.runner.run_batched``, ``batching``) reads it, so the
+    sections need no ``dist`` argument: under torchrun every rank runs the same section code and the
+    batches are split among them.
+    """
+    return _CURRENT[0]
 
 
 def init(device: str = "cpu") -> Dist:
@@ -72,10 +126,12 @@ def init(device: str = "cpu") -> Dist:
         if not tdist.is_available():
             raise TrustVisionError("WORLD_SIZE > 1 but torch.distributed is not available in this build")
         tdist.init_process_group("nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world)
-    return Dist(rank, world, dev)
+    _CURRENT[0] = Dist(rank, world, dev)
+    return _CURRENT[0]
 
 
 def shutdown() -> None:
     """Leave the process group (safe to call when none was started)."""
     if tdist.is_available() and tdist.is_initialized():
         tdist.destroy_process_group()
+    _CURRENT[0] = SINGLE
