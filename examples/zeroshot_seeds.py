@@ -10,8 +10,9 @@ The run documented in docs/zeroshot.md (CPU, one thread)::
     OMP_NUM_THREADS=1 python examples/zeroshot_seeds.py --archs lenet,allconv,densenet,capsnet,mobilenet,vgg19 \\
         --classes 0,1,2,3,4 --seeds 0,1,2 --epochs 2 --train-images 1500 --attack-images 25 --out zs-seeds
 
-It prints Markdown tables and writes ``OUT/seeds.json``.  Shapes: metrics are per (seed, architecture),
-averaged over the held-out classes.
+It runs unchanged under ``torchrun --nproc-per-node N examples/zeroshot_seeds.py ...`` (the models of each
+seed are shared among the processes; rank 0 prints).  It prints Markdown tables and writes
+``OUT/seeds.json``.  Shapes: metrics are per (seed, architecture), averaged over the held-out classes.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import numpy as np
 from trustvision.data import bundled
 from trustvision.evaluation import zeroshot_metrics as zm
 from trustvision.evaluation.sections.zeroshot import ZeroShotConfig, run_zeroshot
+from trustvision.scale import dist as distributed
 
 READINGS = (*zm.DBM_VARIANTS, *zm.AM_VARIANTS)
 
@@ -50,11 +52,19 @@ def main() -> None:
     data = bundled.load("mnist")
     t0 = time.time()
     runs = {}
-    for seed in _ints(a.seeds):
-        cfg = ZeroShotConfig(archs=a.archs.split(","), classes=_ints(a.classes), epochs=a.epochs,
-                             train_images=a.train_images, attack_images=a.attack_images, seed=seed,
-                             attacks={"threshold": opts})
-        runs[seed] = run_zeroshot(data, cfg, Path(a.out) / f"seed{seed}")["sections"]["zeroshot"]["metrics"]
+    dist = distributed.init()                   # under torchrun: the models are shared among the processes
+    try:
+        for seed in _ints(a.seeds):
+            cfg = ZeroShotConfig(archs=a.archs.split(","), classes=_ints(a.classes), epochs=a.epochs,
+                                 train_images=a.train_images, attack_images=a.attack_images, seed=seed,
+                                 attacks={"threshold": opts})
+            res = run_zeroshot(data, cfg, Path(a.out) / f"seed{seed}")
+            if res is not None:                 # None on torchrun ranks other than 0
+                runs[seed] = res["sections"]["zeroshot"]["metrics"]
+    finally:
+        distributed.shutdown()
+    if not dist.main:
+        return
     wall = time.time() - t0
     report = summarise(runs, a.archs.split(","))
     report.update(wall_seconds=wall, args=vars(a))

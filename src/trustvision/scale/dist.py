@@ -9,6 +9,7 @@ ranks with :meth:`Dist.sum`.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -105,6 +106,21 @@ def current() -> Dist:
     batches are split among them.
     """
     return _CURRENT[0]
+
+
+@contextlib.contextmanager
+def local():
+    """Within the block, :func:`current` describes a single process (on this rank's device).
+
+    For work one rank does alone while the others do other work (a zero-shot job, a model each): library
+    code that splits batches across ranks (``run_batched``) must not wait there for ranks that never come.
+    """
+    outer = _CURRENT[0]
+    _CURRENT[0] = Dist(0, 1, outer.device)
+    try:
+        yield _CURRENT[0]
+    finally:
+        _CURRENT[0] = outer
 
 
 def init(device: str = "cpu") -> Dist:

@@ -3,9 +3,12 @@
 Kotyan, Matsuki & Vargas, PLOS ONE 2022 (e0266060).  Trains, per architecture of the zoo, one full and N
 held-out classifiers on images (N, C, H, W) in [0, 1], writes them to ``OUT/models/`` (a re-run
 resumes), then ``results.json``, ``report.html`` and the figures into ``--out``.  See ``docs/zeroshot.md``.
+Runs unchanged under ``torchrun --nproc-per-node N -m trustvision zeroshot ...``: the models are shared among
+the ranks and rank 0 writes the results (``docs/distributed.md``, "Raw Zero-Shot").
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -65,8 +68,8 @@ def zeroshot(data: DataOpt, out: OutOpt = Path("trustvision-zeroshot"),
              epochs: Annotated[int, typer.Option(help="training epochs of every model")] = 3,
              attack: Annotated[list[str] | None, typer.Option(
                  "--attack", help="NAME[:key=value,...] attack on each full model (repeatable); default "
-                                  "pixel:th=10,pop_size=50,generations=30 and threshold:eps=0.3,pop_size=30,"
-                                  "generations=30")] = None,
+                                  "pixel:th=10,pop_size=50,generations=30 and the threshold attack of the "
+                                  "kotyan2022 preset (CMA-ES, minimal threshold, 8-bit)")] = None,
              attack_images: Annotated[int, typer.Option("--attack-images", help="test images attacked per "
                                                         "architecture (stratified by class)")] = 100,
              train_images: Annotated[int | None, typer.Option("--train-images", help="cap on training "
@@ -83,14 +86,21 @@ def zeroshot(data: DataOpt, out: OutOpt = Path("trustvision-zeroshot"),
     soft-label clusters (DBM, AM, entropy, silhouette), attack the full models, correlate; results.json + report.html."""
     from ...data import load_dataset
     from ...evaluation.sections.zeroshot import DEFAULT_ATTACKS, ZeroShotConfig, run_zeroshot
+    from ...scale import dist as distributed
     attacks = dict(parse_attack(s) for s in attack) if attack else {k: dict(v) for k, v in DEFAULT_ATTACKS.items()}
     cfg = ZeroShotConfig(archs=[a.strip() for a in archs.split(",") if a.strip()], classes=_ints(classes, "--classes"),
                          epochs=epochs, batch_size=batch_size, lr=lr, train_images=train_images,
                          heldout_images=heldout_images, attacks=attacks, attack_images=attack_images, seed=seed,
                          device=device, resume=not no_resume)
     ds = load_dataset(data, max_pixels=max_pixels)
-    with progress_bars() as progress:
-        results = run_zeroshot(ds, cfg, out, data_spec=data, progress=progress)
+    dist = distributed.init(device)
+    try:
+        with progress_bars() if dist.main else nullcontext() as progress:
+            results = run_zeroshot(ds, cfg, out, data_spec=data, progress=progress)
+    finally:
+        distributed.shutdown()
+    if results is None:             # a torchrun rank other than 0: its models are in --out, rank 0 reports
+        return
     _print_results(results, cfg)
     console.print(f"results: {out / 'results.json'}\nreport:  {out / 'report.html'}", markup=False)
 

@@ -20,7 +20,12 @@ Training is :func:`trustvision.training.trainer.train_classifier` through
 (:func:`~trustvision.persist.atomic_write`) to ``OUT/models/ARCH-heldK.safetensors`` (``ARCH-full``) stamped
 with a key (:func:`~trustvision.persist.digest`), and attack results to ``OUT/attacks/``, so an interrupted
 run resumes.  ``OUT/results.json`` is the shared :func:`~trustvision.results.envelope` document.
-Images are (N, C, H, W) in [0, 1]; the architectures are :data:`trustvision.models.zoo.small.ARCHS` names.
+
+The models are independent jobs (:func:`job_list`: every full model with its attacks, then every
+held-out model): under ``torchrun --nproc-per-node N -m trustvision zeroshot ...`` rank ``r`` runs jobs
+``i`` with ``i % N == r`` (:func:`run_jobs`), the small outputs (logits, soft labels, attack results)
+are gathered, and rank 0 computes the metrics and writes the files — the same numbers as one process
+(``docs/distributed.md``).  Images are (N, C, H, W) in [0, 1]; the architectures are :data:`trustvision.models.zoo.small.ARCHS` names.
 """
 from __future__ import annotations
 
@@ -45,6 +50,7 @@ from ...results import SectionResult, envelope
 from ...training.cache import cached_model
 from ...training.trainer import train_classifier
 from .. import zeroshot_metrics as zm
+from .zeroshot_attacks import attack_success, make_attacks
 
 PAPER_PRESET = "kotyan2022"     # the threshold attack as its authors run it (attacks/presets.py), when present
 
@@ -101,6 +107,10 @@ class ZeroShotConfig:
                                ("--attack-images", self.attack_images, 0), ("--seen-images", self.seen_images, 1)):
             if int(val) < low:
                 raise TrustVisionError(f"{name} must be >= {low}, got {val}")
+        try:
+            torch.device(self.device)
+        except RuntimeError:
+            raise TrustVisionError(f"--device {self.device!r}: expected cpu, cuda, cuda:N or mps") from None
         if not 0 < self.test_fraction < 1:
             raise TrustVisionError(f"test_fraction must lie in (0, 1), got {self.test_fraction}")
 
@@ -180,8 +190,11 @@ def trained_model(arch: str, train: Dataset, held: int | None, cfg: ZeroShotConf
 
     module, _, _ = cached_model(key, build, train_fn)
     tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp),
-                                             metadata={"key": model_key, "arch": arch, "held_out": str(held)}))
+    try:
+        atomic_write(path, lambda tmp: save_file(tensors, str(tmp),
+                                                 metadata={"key": model_key, "arch": arch, "held_out": str(held)}))
+    except OSError as e:
+        raise TrustVisionError(f"cannot write the {arch} model to {path}: {e.strerror or e}") from None
     return module.to(cfg.device).eval(), bool(trained), model_key
 
 
@@ -211,130 +224,165 @@ def _first_per_class(y: Tensor, order: Tensor, per_class: int, classes: list[int
     return torch.cat(picks).sort().values if picks else torch.empty(0, dtype=torch.long)
 
 
-# ------------------------------------------------------------------ one architecture
-def run_arch(arch: str, train: Dataset, test: Dataset, cfg: ZeroShotConfig, out: Path,
-             progress: Progress | None = None) -> dict:
-    """Train/load the N + 1 models of ``arch``, compute its Raw Zero-Shot metrics and attack its full model.
+def _test_order(test: Dataset, cfg: ZeroShotConfig) -> Tensor:
+    """The seeded order (n_test,) in which test images are picked (held-out, seen and attacked images)."""
+    return torch.randperm(len(test), generator=torch.Generator().manual_seed(cfg.seed))
+
+
+# ------------------------------------------------------------------ jobs: one model each
+def job_list(archs: list[str], n_cls: int) -> list[tuple[str, int | None]]:
+    """The independent jobs of a run: every architecture's full model (``(arch, None)``, with its attacks)
+    first, then its held-out models ``(arch, k)``.  Under torchrun job ``i`` runs on rank ``i % world``."""
+    return [(a, None) for a in archs] + [(a, k) for a in archs for k in range(n_cls)]
+
+
+def full_job(arch: str, train: Dataset, test: Dataset, cfg: ZeroShotConfig, out: Path) -> dict:
+    """Train/load ``arch``'s full model; its test logits (n_test, N) float64 and the success of every attack.
+
+    Depends only on ``cfg.seed`` and the job's own data (the trainer re-seeds torch before each model, the
+    attacks use their own seeded generators), never on what ran before it in the process.
+    """
+    n_cls, ch = test.num_classes, int(test.x.shape[1])
+    full, trained, key = trained_model(arch, train, None, cfg, out)
+    clf = Classifier(full, num_classes=n_cls, channels=ch, device=cfg.device, name=f"{arch}-full")
+    logits = clf.predict(test.x).double().cpu()
+    order = _test_order(test, cfg)
+    ok = order[(logits.argmax(1) == test.y)[order]]
+    per = max(1, -(-cfg.attack_images // n_cls))
+    aidx = _first_per_class(test.y, ok, per, list(range(n_cls))) if cfg.attack_images else ok[:0]
+    attacks = {name: attack_success(name, opts, clf, test, aidx, seed=cfg.seed, batch_size=cfg.batch_size,
+                                    resume=cfg.resume, out=out, arch=arch, model_key=key)
+               for name, opts in cfg.attacks.items()}
+    return {"trained": int(trained), "logits": logits, "attacks": attacks}
+
+
+def heldout_job(arch: str, k: int, train: Dataset, test: Dataset, cfg: ZeroShotConfig, out: Path) -> dict:
+    """Train/load the model of ``arch`` that never saw class ``k``; soft labels of class ``k``'s test images
+    (n_k, N-1) and of up to ``cfg.seen_images`` images per seen class (with their re-indexed labels)."""
+    n_cls, ch = test.num_classes, int(test.x.shape[1])
+    model, trained, _ = trained_model(arch, heldout_split(train, k), k, cfg, out)
+    clf = Classifier(model, num_classes=n_cls - 1, channels=ch, device=cfg.device, name=f"{arch}-held{k}")
+    order = _test_order(test, cfg)
+    idx = _first_per_class(test.y, order, cfg.heldout_images or len(test), [k])
+    seen = _first_per_class(test.y, order, cfg.seen_images, [c for c in range(n_cls) if c != k])
+    return {"trained": int(trained), "idx": idx, "soft": _soft(clf, test.x[idx]).numpy(),
+            "seen_soft": _soft(clf, test.x[seen]), "seen_y": test.y[seen] - (test.y[seen] > k).long()}
+
+
+def assemble(arch: str, full: dict, held: list[dict], test: Dataset, cfg: ZeroShotConfig) -> dict:
+    """The record of one architecture from its full job and its N held-out jobs (in class order).
 
     Returns ``{"arch", "clean_accuracy", "trained", "per_class": [metrics of each held-out class],
     "attacks": {name: {"success_rate", "per_class", "n"}}, "soft": [(n_k, N-1) arrays],
     "full_soft": [(n_k, N-1) arrays]}`` (the two soft-label lists are NumPy, not JSON).
     """
-    progress = progress or Quiet()
-    n_cls, ch = test.num_classes, int(test.x.shape[1])
-    advance = progress.task(f"zeroshot {arch}", n_cls + 1 + len(cfg.attacks))
-    order = torch.randperm(len(test), generator=torch.Generator().manual_seed(cfg.seed))
-    full, trained, full_key = trained_model(arch, train, None, cfg, out)
-    advance()
-    clf_full = Classifier(full, num_classes=n_cls, channels=ch, device=cfg.device, name=f"{arch}-full")
-    full_logits = clf_full.predict(test.x).double().cpu()
-    correct = full_logits.argmax(1) == test.y
-    rec: dict[str, Any] = {"arch": arch, "clean_accuracy": float(correct.float().mean()), "per_class": [],
-                           "soft": [], "full_soft": [], "attacks": {}}
-    n_trained = int(trained)
-    for k in range(n_cls):
-        model, trained, _ = trained_model(arch, heldout_split(train, k), k, cfg, out)
-        n_trained += int(trained)
-        clf = Classifier(model, num_classes=n_cls - 1, channels=ch, device=cfg.device, name=f"{arch}-held{k}")
-        idx = _first_per_class(test.y, order, cfg.heldout_images or len(test), [k])
-        soft = _soft(clf, test.x[idx]).numpy()
-        seen = _first_per_class(test.y, order, cfg.seen_images, [c for c in range(n_cls) if c != k])
-        seen_y = test.y[seen] - (test.y[seen] > k).long()
-        seen_soft = _soft(clf, test.x[seen])
+    logits = full["logits"]
+    rec: dict[str, Any] = {"arch": arch, "clean_accuracy": float((logits.argmax(1) == test.y).float().mean()),
+                           "per_class": [], "soft": [], "full_soft": [], "attacks": full["attacks"],
+                           "trained": full["trained"] + sum(h["trained"] for h in held)}
+    for k, h in enumerate(held):
+        idx, soft, seen_soft, seen_y = h["idx"], h["soft"], h["seen_soft"], h["seen_y"]
         known = test.labels[:k] + test.labels[k + 1:]
         rec["soft"].append(soft)
-        rec["full_soft"].append(zm.drop_and_renormalise(full_logits[idx], k))
+        rec["full_soft"].append(zm.drop_and_renormalise(logits[idx], k))
         some = len(idx) > 0
-        readings = zm.variants(soft, seen_soft, seen_y, full_logits[idx], k, cfg.dbm_q) if some else \
+        readings = zm.variants(soft, seen_soft, seen_y, logits[idx], k, cfg.dbm_q) if some else \
             dict.fromkeys(zm.DBM_VARIANTS + zm.AM_VARIANTS)
         rec["per_class"].append({
             "class": test.labels[k], "n": len(idx), **readings,
             "entropy": zm.soft_entropy(soft) if some else None,
             "silhouette": zm.heldout_silhouette(soft, seen_soft, seen_y) if some else None,
-            "rzs_accuracy": float((seen_soft.argmax(1) == seen_y).double().mean()) if len(seen) else None,
+            "rzs_accuracy": float((seen_soft.argmax(1) == seen_y).double().mean()) if len(seen_y) else None,
             "top_known_class": known[int(soft.mean(0).argmax())] if len(soft) else None})
-        advance()
-    rec["trained"] = n_trained
-    per = max(1, -(-cfg.attack_images // n_cls))
-    ok = order[correct[order]]
-    aidx = _first_per_class(test.y, ok, per, list(range(n_cls))) if cfg.attack_images else ok[:0]
-    for name, opts in cfg.attacks.items():
-        rec["attacks"][name] = _attack(name, opts, clf_full, test, aidx, cfg, out, arch, full_key)
-        advance()
     return rec
 
 
-def _attack_opts(name: str, opts: dict[str, Any], seed: int) -> dict[str, Any]:
-    from ...attacks import ATTACKS
-    cls = ATTACKS.get(str(name).lower())
-    fields = {f.name for f in dataclasses.fields(cls)} if cls is not None and dataclasses.is_dataclass(cls) else set()
-    return {**({"seed": seed} if "seed" in fields else {}), **opts}
+def _run_job(job: tuple[str, int | None], train: Dataset, test: Dataset, cfg: ZeroShotConfig, out: Path) -> dict:
+    arch, k = job
+    return full_job(arch, train, test, cfg, out) if k is None else heldout_job(arch, k, train, test, cfg, out)
 
 
-def make_attacks(cfg: ZeroShotConfig) -> dict[str, Any]:
-    """Build every configured attack once (so a bad name or option fails before any training)."""
-    from ...attacks import make_attack
-    return {name: make_attack(name, **_attack_opts(name, opts, cfg.seed)) for name, opts in cfg.attacks.items()}
+def run_arch(arch: str, train: Dataset, test: Dataset, cfg: ZeroShotConfig, out: Path,
+             progress: Progress | None = None) -> dict:
+    """All N + 1 jobs of ``arch`` in this process, assembled (see :func:`assemble` for the record)."""
+    jobs = job_list([arch], test.num_classes)
+    advance = (progress or Quiet()).task(f"zeroshot {arch}", len(jobs))
+    outs = []
+    for job in jobs:
+        outs.append(_run_job(job, train, test, cfg, out))
+        advance()
+    return assemble(arch, outs[0], outs[1:], test, cfg)
 
 
-def _attack(name: str, opts: dict[str, Any], clf: Classifier, test: Dataset, idx: Tensor, cfg: ZeroShotConfig,
-            out: Path, arch: str, model_key: str) -> dict[str, Any]:
-    """Success of attack ``name`` on the full model over images ``idx``: overall and per class (cached)."""
-    from ...attacks import make_attack
-    full_opts = _attack_opts(name, opts, cfg.seed)
-    fp = digest(model_key, name, full_opts, idx.tolist(), data_digest(test))
-    path = out / "attacks" / f"{arch}-{name}.json"
-    if cfg.resume and path.is_file():
-        try:
-            saved = json.loads(path.read_text())
-            if saved.get("fingerprint") == fp:
-                return saved["result"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            pass
-    attack = make_attack(name, **full_opts)
-    success = torch.zeros(len(idx), dtype=torch.bool)
-    step = max(cfg.batch_size, 1) * 2
-    for i in range(0, len(idx), step):
-        j = idx[i:i + step]
-        res = attack(clf, test.x[j].to(clf.device), test.y[j].to(clf.device))
-        success[i:i + len(j)] = res.success.cpu()
-    y = test.y[idx]
-    per_class = [float(success[y == c].float().mean()) if bool((y == c).any()) else None
-                 for c in range(test.num_classes)]
-    result = {"success_rate": float(success.float().mean()) if len(idx) else None, "per_class": per_class,
-              "n": len(idx), "options": full_opts}
-    write_json_atomic(path, {"fingerprint": fp, "result": result})
-    return result
+def run_jobs(train: Dataset, test: Dataset, cfg: ZeroShotConfig, out: Path,
+             progress: Progress | None = None) -> list[dict]:
+    """Every architecture's record, its jobs shared among the torchrun ranks (:func:`trustvision.scale.dist.current`).
+
+    Each rank runs the jobs it owns (``Dist.owns``: round-robin over :func:`job_list`); an error on any rank is
+    raised on every rank (``Dist.raise_together``) before the outputs — CPU tensors: logits (n_test, N), soft
+    labels (n_k, N-1) — are gathered, so every rank assembles the same records as a single process would.
+    """
+    from ...scale.dist import current, local
+    dist = current()
+    jobs = job_list(cfg.archs, test.num_classes)
+    mine = [i for i in range(len(jobs)) if dist.owns(i)]
+    where = f" on rank {dist.rank}/{dist.world}" if dist.world > 1 else ""
+    advance = (progress or Quiet()).task(f"zeroshot: {len(mine)} of {len(jobs)} models{where}", len(mine))
+    done: list[tuple[int, dict]] = []
+    error: Exception | None = None
+    try:
+        for i in mine:
+            with local():               # a job is one rank's alone: nothing inside may wait for the others
+                done.append((i, _run_job(jobs[i], train, test, cfg, out)))
+            advance()
+    except Exception as e:          # noqa: BLE001 - re-raised on every rank by raise_together
+        error = e
+    dist.raise_together(error)
+    outs = dict(pair for part in dist.gather(done) for pair in part)
+    records = []
+    for arch in cfg.archs:
+        mine_arch = [outs[i] for i, (a, _) in enumerate(jobs) if a == arch]     # full first, then held 0..N-1
+        records.append(assemble(arch, mine_arch[0], mine_arch[1:], test, cfg))
+    return records
 
 
 # ------------------------------------------------------------------ the section
 def zeroshot_section(data: Dataset, cfg: ZeroShotConfig, out_dir: str | Path,
-                     progress: Progress | None = None) -> SectionResult:
+                     progress: Progress | None = None) -> SectionResult | None:
     """Run the protocol for every ``cfg.archs`` on ``data`` and summarise it as a :class:`SectionResult`.
 
-    Figures (metric bars, soft-label PCA per architecture, correlation scatter) are written into
-    ``out_dir``; per-architecture raw records stay in memory only (``SectionResult.examples`` holds the
-    per-class metrics).
+    Under torchrun the models are shared among the ranks (:func:`run_jobs`); rank 0 summarises and returns
+    the section, the other ranks return None.  Figures (metric bars, soft-label PCA per architecture,
+    correlation scatter) are written into ``out_dir``; per-architecture raw records stay in memory only
+    (``SectionResult.examples`` holds the per-class metrics).
     """
+    from ...scale.dist import current
     from .zeroshot_report import summarise
     t0 = time.time()
+    dist = current()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    make_attacks(cfg)
+    make_attacks(cfg.attacks, cfg.seed)
     train, test = prepare(data, cfg)
-    records = [run_arch(a, train, test, cfg, out, progress) for a in cfg.archs]
+    run_cfg = dataclasses.replace(cfg, device=str(dist.device)) if dist.active and dist.device.type != "cpu" else cfg
+    records = run_jobs(train, test, run_cfg, out, progress)
+    if not dist.main:
+        return None
     sec = summarise(records, test.labels, cfg, out)
-    sec.config = {**asdict(cfg), "n_train": len(train), "n_test": len(test)}
+    sec.config = {**asdict(cfg), "n_train": len(train), "n_test": len(test), "processes": dist.world}
     sec.seconds = time.time() - t0
     return sec
 
 
 def run_zeroshot(data: Dataset, cfg: ZeroShotConfig, out_dir: str | Path, *, data_spec: str = "",
-                 progress: Progress | None = None) -> dict:
-    """The whole run: the section, then ``OUT/results.json`` and ``OUT/report.html``; returns the results."""
+                 progress: Progress | None = None) -> dict | None:
+    """The whole run: the section, then ``OUT/results.json`` and ``OUT/report.html``; returns the results
+    (on rank 0 under torchrun; None on the other ranks, which write only their models and attack files)."""
     from ...report import render_report
     out = Path(out_dir)
     sec = zeroshot_section(data, cfg, out, progress)
+    if sec is None:
+        return None
     m = sec.metrics
     summary = {f"dbm@{a}": m["dbm_mean"][a] for a in cfg.archs}
     summary.update({f"am@{a}": m["am_mean"][a] for a in cfg.archs})
