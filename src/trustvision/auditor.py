@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import tempfile
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,8 @@ from .evaluation.sections.robustness_units import verify_units
 from .persist import digest, write_json_atomic
 from .progress import Progress, Quiet
 from .results import Flag, SectionResult, clean_json, envelope
-from .resume import UnitStore, environment, output_lock, prepare_output, read_stamped, write_stamped
+from .resume import UnitStore, environment, output_lock, prepare_output, read_shared, write_stamped
+from .scale.dist import Dist, current
 
 DEFAULT_SECTIONS = tuple(name for name, s in SECTIONS.items() if s.default)   # explain, certify, uap: opt-in
 
@@ -127,27 +129,30 @@ def audit(clf: Classifier, data: Dataset, config: AuditConfig | None = None, out
 
     ``data``: images (N, C, H, W) in [0, 1] and labels (N,); ``config.n_images`` of them are sampled with
     ``config.seed``.  Returns the results dictionary (the content of results.json).  Resume, digests,
-    ``verify`` and the output folder's upkeep: ``docs/resume.md``.
+    ``verify`` and the output folder's upkeep: ``docs/resume.md``.  Under torchrun (:func:`trustvision.scale.init`)
+    every rank calls this with the same arguments: the batches are split across the ranks, rank 0 alone reads
+    and writes ``out_dir``, and every rank returns the same results (``docs/distributed.md``, "The audit").
     """
     cfg = config or AuditConfig()
     if isinstance(cfg.verify, bool) or not 0 <= cfg.verify <= 1:
         raise TrustVisionError(f"verify must be a fraction in [0, 1], got {cfg.verify!r}")
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise TrustVisionError(f"--out {out}: is a file, not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    say = _sayer(console)
+    d, out = current(), Path(out_dir)
+    d.raise_together(_on_main(d, lambda: _make_out(out)))        # only rank 0 touches the output folder
+    say = _sayer(console if d.main else None)
     cfg.check_gates()
     data = data.conform(clf.channels, clf.num_classes).sample(cfg.n_images, cfg.seed)
     if len(data) == 0:
         raise TrustVisionError(f"dataset {data.name!r} is empty")
     check_budgets(cfg, tuple(data.x.shape[1:]))
+    _same_sample(d, data)
     weights_before = clf.weights_hash()
     base = fingerprint_base(clf, data, cfg, weights_before)
-    with output_lock(out, say):
-        prepare_output(out, cfg.sections, [n for n in _UNIT_SECTIONS if n in cfg.sections], say)
+    units = [n for n in _UNIT_SECTIONS if n in cfg.sections]
+    with output_lock(out, say) if d.main else contextlib.nullcontext(), _workdir(d, out) as work:
+        d.raise_together(_on_main(d, lambda: prepare_output(out, cfg.sections, units, say)))
         store = UnitStore(out / "sections" / "robustness", digest(base, "robustness-units"), say)
-        sections = _run_sections(clf, data, cfg, out, base, store, progress or Quiet(), say, trust_code=trust_code)
+        sections = _run_sections(clf, data, cfg, out, base, store, progress or Quiet(), say, trust_code=trust_code,
+                                 work=work)
         summary = summary_metrics(sections)
         extra = {"gates": evaluate_gates(cfg.gates, summary)}
         if cfg.verify > 0:
@@ -157,11 +162,50 @@ def audit(clf: Classifier, data: Dataset, config: AuditConfig | None = None, out
                            data={"spec": data_spec or data.name, "name": data.name, "n": len(data),
                                  "num_classes": data.num_classes, "sha256": data_fingerprint(data),
                                  **_skipped(data)},
-                           config=asdict(cfg), summary=summary, sections=sections, **extra)
-        results = _write_results(results, out)
+                           config=asdict(cfg), summary=summary, sections=sections,
+                           environment={**environment(), "world_size": d.world}, **extra)
+        results = _write_results(results, out) if d.main else clean_json(results)
     if clf.weights_hash() != weights_before:
         raise ModelModifiedError(f"model {clf.name!r}: weights changed during the audit (results kept in {out})")
     return results
+
+
+def _make_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise TrustVisionError(f"--out {out}: is a file, not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _on_main(d: Dist, step) -> BaseException | None:
+    """Run ``step()`` on rank 0 only; its error (or None) for :meth:`Dist.raise_together` (every rank raises)."""
+    if not d.main:
+        return None
+    try:
+        step()
+    except (TrustVisionError, OSError) as e:
+        return e
+    return None
+
+
+def _same_sample(d: Dist, data: Dataset) -> None:
+    """Under torchrun: refuse (one line, on every rank) when the ranks sampled different images or labels."""
+    if not d.active:
+        return
+    prints = d.gather(data_fingerprint(data))
+    odd = [r for r, f in enumerate(prints) if f != prints[0]]
+    if odd:
+        raise TrustVisionError(f"rank {odd[0]} sampled other images than rank 0 from {data.name!r} ({len(data)} "
+                               "images): every rank must see the same data (same --data, --n, --seed, files)")
+
+
+@contextlib.contextmanager
+def _workdir(d: Dist, out: Path):
+    """Where the sections write figures and arrays: ``out`` on rank 0, a private temporary folder elsewhere."""
+    if d.main:
+        yield out
+        return
+    with tempfile.TemporaryDirectory(prefix=f"trustvision-rank{d.rank}-") as tmp:
+        yield Path(tmp)
 
 
 def _skipped(data: Dataset) -> dict:
@@ -174,8 +218,14 @@ _UNIT_SECTIONS = ("robustness",)          # sections with finer resume units in 
 
 
 def _run_sections(clf: Classifier, data: Dataset, cfg: AuditConfig, out: Path, base: str, store: UnitStore,
-                  progress: Progress, say, trust_code: bool = False) -> dict[str, SectionResult]:
-    """Resume or compute each section; every computed section is saved (stamped) as soon as it finishes."""
+                  progress: Progress, say, trust_code: bool = False, work: Path | None = None
+                  ) -> dict[str, SectionResult]:
+    """Resume or compute each section; every computed section is saved (stamped) as soon as it finishes.
+
+    Under torchrun rank 0 reads the stamped files and broadcasts what it found (every rank skips the same
+    sections), every rank computes the others (the batches are split inside), rank 0 alone writes; the
+    sections of the other ranks write their figures into ``work`` (a private temporary folder)."""
+    d, work = current(), work or out
     sections: dict[str, SectionResult] = {}
     clean_logits = None
     store.reuse = cfg.resume
@@ -197,7 +247,7 @@ def _run_sections(clf: Classifier, data: Dataset, cfg: AuditConfig, out: Path, b
         if name != "clean":
             store.resumed.clear()
             store.discarded.clear()
-            inputs = SectionInputs(clf, data, clean_logits, cfg.batch_size, out, progress,
+            inputs = SectionInputs(clf, data, clean_logits, cfg.batch_size, work, progress,
                                    store=store if name in _UNIT_SECTIONS else None, trust_code=trust_code)
             sec = SECTIONS.get(name).run(inputs, getattr(cfg, name))
             if name in _UNIT_SECTIONS and store.resumed:
@@ -207,13 +257,14 @@ def _run_sections(clf: Classifier, data: Dataset, cfg: AuditConfig, out: Path, b
         sec.flags += [Flag("resume-file-discarded", "warning", n, {"section": name}) for n in notes]
         sec.config = {**sec.config, "fingerprint": fp}
         sections[name] = sec
-        write_stamped(path, fp, sec.to_dict())
+        if d.main:
+            write_stamped(path, fp, sec.to_dict())
     return sections
 
 
 def _resumed(path: Path, fingerprint: str, name: str) -> tuple[SectionResult | None, str | None]:
     """``(section, None)`` if ``path`` holds section ``name`` with this fingerprint, intact; else ``(None, why)``."""
-    payload, why = read_stamped(path, fingerprint)
+    payload, why = read_shared(path, fingerprint)
     if payload is None:
         return None, why
     try:

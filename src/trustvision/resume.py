@@ -30,6 +30,7 @@ from torch import Tensor
 from .errors import TrustVisionError
 from .persist import digest, write_json_atomic
 from .results import clean_json
+from .scale.dist import current
 
 Warn = Callable[[str], None]
 LOCK_NAME = ".trustvision-audit.lock"
@@ -69,6 +70,17 @@ def read_stamped(path: Path, fingerprint: str) -> tuple[Any, str | None]:
     return saved["payload"], None
 
 
+def read_shared(path: Path, fingerprint: str) -> tuple[Any, str | None]:
+    """:func:`read_stamped` on rank 0, broadcast to every rank under torchrun (the same answer everywhere).
+
+    Only rank 0 reads the output folder, so ranks on other nodes need no shared file system and all
+    ranks skip (or recompute) the same sections and units.
+    """
+    d = current()
+    found = read_stamped(path, fingerprint) if d.main else (None, None)
+    return d.broadcast(found) if d.active else found
+
+
 # ------------------------------------------------------------------ unit store
 class UnitStore:
     """Fingerprinted JSON units in ``folder`` (``folder / f"{key}.json"``), for resuming inside a section.
@@ -77,6 +89,7 @@ class UnitStore:
     fingerprint adds its ``key`` and ``spec`` (the JSON-able description of what the unit computes).
     ``warn`` receives one line per discarded (edited or unreadable) file; ``resumed`` lists loaded keys.
     ``reuse=False`` (``--no-resume``): nothing is loaded, units are still saved.
+    Under torchrun rank 0 reads (and broadcasts what it read) and writes; the other ranks only compute.
     """
 
     def __init__(self, folder: Path, base: str, warn: Warn | None = None, *, reuse: bool = True) -> None:
@@ -100,7 +113,7 @@ class UnitStore:
         """The payload saved for ``key`` with this ``spec``, or None (missing, other inputs, edited, unreadable)."""
         if not self.reuse:
             return None
-        payload, why = read_stamped(self.path(key), self.fingerprint(key, spec))
+        payload, why = read_shared(self.path(key), self.fingerprint(key, spec))
         if why:
             self.warn(f"resume unit {self.path(key)} {why}; recomputing it")
         if payload is not None:
@@ -108,8 +121,9 @@ class UnitStore:
         return payload
 
     def save(self, key: str, spec: Any, payload: Any) -> None:
-        """Persist ``payload`` for ``key`` (atomically, as soon as the unit finished)."""
-        write_stamped(self.path(key), self.fingerprint(key, spec), payload)
+        """Persist ``payload`` for ``key`` (atomically, as soon as the unit finished; rank 0 only under torchrun)."""
+        if current().main:
+            write_stamped(self.path(key), self.fingerprint(key, spec), payload)
 
 
 # ------------------------------------------------------------------ tensors in JSON

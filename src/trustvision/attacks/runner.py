@@ -27,6 +27,7 @@ from torch import Tensor
 from ..errors import TrustVisionError
 from ..models.classifier import Classifier
 from ..progress import Progress
+from ..scale.shard import map_batches
 from .base import Attack, AttackResult, FixedBudgetAttack
 
 
@@ -35,6 +36,10 @@ def run_batched(attack: Attack, clf: Classifier, x: Tensor, y: Tensor, batch_siz
                 keep: tuple[str, ...] = ()) -> AttackResult:
     """Run ``attack`` over (N, C, H, W) CPU tensors in device batches; results concatenated on the CPU.
 
+    Under torchrun (:func:`trustvision.scale.current` active) the batches are split round-robin across the
+    ranks and gathered (:func:`trustvision.scale.shard.map_batches`): every rank returns the same result,
+    identical to a single process's, because the batches are the same and attacks seed per call.
+
     Args:
         x: (N, C, H, W) images in [0, 1]; y: (N,) labels; target: (N,) target classes or None.
         advance: called with 1 after each batch (a progress bar's ``advance``).
@@ -42,16 +47,14 @@ def run_batched(attack: Attack, clf: Classifier, x: Tensor, y: Tensor, batch_siz
             ``broken_by``); every other extra is dropped.
     Returns: :class:`AttackResult` with CPU tensors of leading dimension N.
     """
-    parts = []
-    for i in range(0, len(x), batch_size):
-        t = None if target is None else target[i:i + batch_size].to(clf.device)
-        kw = {} if t is None else {"target": t}
-        r = attack(clf, x[i:i + batch_size].to(clf.device), y[i:i + batch_size].to(clf.device), **kw)
-        parts.append(AttackResult(r.x_adv.detach().cpu(), r.success.cpu(), r.norms.detach().cpu(),
-                                  r.queries.cpu(), r.gradients.cpu(), {k: r.extras[k].cpu() for k in keep
-                                                                        if k in r.extras}))
-        if advance:
-            advance(1)
+    def one(b: int) -> AttackResult:
+        s = slice(b * batch_size, (b + 1) * batch_size)
+        kw = {} if target is None else {"target": target[s].to(clf.device)}
+        r = attack(clf, x[s].to(clf.device), y[s].to(clf.device), **kw)
+        return AttackResult(r.x_adv.detach().cpu(), r.success.cpu(), r.norms.detach().cpu(), r.queries.cpu(),
+                            r.gradients.cpu(), {k: r.extras[k].cpu() for k in keep if k in r.extras})
+
+    parts = map_batches(one, (len(x) + batch_size - 1) // batch_size, advance)
     if not parts:
         z = torch.zeros(0)
         return AttackResult(x, z.bool(), z, z.long(), z.long())

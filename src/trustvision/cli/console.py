@@ -112,11 +112,9 @@ def print_summary(results: dict, out: Path, output: "OutputArgs | None" = None) 
     """Print the headline first, then the summary, flags and gates of a ``results.json`` document (``--json``:
     one JSON document instead; ``--quiet``: the headline only); write ``--summary-md``.  Returns the exit
     code: 1 when a gate failed or a flag at or above ``--fail-on`` was raised, else 0."""
-    from ..headline import headline, headline_markdown
+    from ..headline import headline_markdown
     from ..persist import write_text_atomic
-    h = results.get("headline") or headline(results)
-    if output is not None and output.fail_on is not None and output.fail_on != h.get("fail_on"):
-        h = headline(results, fail_on=output.fail_on)
+    h = verdict(results, output)
     if output is not None and output.summary_md is not None:
         write_text_atomic(output.summary_md, headline_markdown(results, h))
     flags = [(s, f) for s, sec in results.get("sections", {}).items() for f in sec.get("flags", [])]
@@ -131,6 +129,15 @@ def print_summary(results: dict, out: Path, output: "OutputArgs | None" = None) 
         _details(results, flags)
     console.print(f"results: {out / 'results.json'}\nreport:  {out / 'report.html'}", markup=False, highlight=False)
     return h["exit_code"]
+
+
+def verdict(results: dict, output: "OutputArgs | None" = None) -> dict:
+    """The headline of ``results`` under ``--fail-on`` (``h["exit_code"]``: 0 passed, 1 failed)."""
+    from ..headline import headline
+    h = results.get("headline") or headline(results)
+    if output is not None and output.fail_on is not None and output.fail_on != h.get("fail_on"):
+        h = headline(results, fail_on=output.fail_on)
+    return h
 
 
 def _details(results: dict, flags: list[tuple[str, dict]]) -> None:
@@ -157,12 +164,18 @@ def run_audit(classifier: "Classifier", data: "Dataset", cfg: "AuditConfig", out
     """:func:`trustvision.audit` with progress, then the headline and summary; returns the exit code.
 
     ``trust_code`` (``--trust-code`` only) lets ``module.py:factory`` UAP transfer models run their file;
-    ``output``: ``--quiet`` / ``--json`` / ``--summary-md`` / ``--fail-on`` (applied to ``cfg``)."""
+    ``output``: ``--quiet`` / ``--json`` / ``--summary-md`` / ``--fail-on`` (applied to ``cfg``).  Under torchrun
+    only rank 0 shows progress and the summary; every rank returns the same exit code (identical results)."""
     from dataclasses import replace
 
     from .. import audit
+    from ..progress import Quiet
+    from ..scale import current
     if output is not None and output.fail_on is not None:
         cfg = replace(cfg, fail_on=output.fail_on)
+    if not current().main:                 # torchrun: ranks > 0 compute silently; rank 0 prints and writes
+        results = audit(classifier, data, cfg, out, data_spec=data_spec, progress=Quiet(), trust_code=trust_code)
+        return verdict(results, output)["exit_code"]
     with progress_bars(output) as progress:
         results = audit(classifier, data, cfg, out, data_spec=data_spec, progress=progress, console=chatter(output),
                         trust_code=trust_code)

@@ -1,7 +1,8 @@
-"""Scale: the same commands on one process or many (torchrun, DDP, gloo/nccl) — :mod:`.dist`.
+"""Scale: the same commands on one process or many (torchrun, DDP, gloo/nccl) — :mod:`.dist`, :mod:`.shard`.
 
 See ``docs/distributed.md``.
 """
-from .dist import SINGLE, Dist, current, init, shutdown
+from .dist import SINGLE, Dist, current, init, local, shutdown
+from .shard import map_batches
 
-__all__ = ["SINGLE", "Dist", "current", "init", "shutdown"]
+__all__ = ["SINGLE", "Dist", "current", "init", "local", "map_batches", "shutdown"]

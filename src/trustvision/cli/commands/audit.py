@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 def audit(model: ModelArgs, data: DataOpt, out: OutOpt = Path("trustvision-out"),
           config: Annotated[Optional[Path], typer.Option(help="audit.toml")] = None,
           batch_size: MaybeBatchOpt = None,
-          n: Annotated[Optional[int], typer.Option("--n", help="images to audit (default: the config's, else 500)")]
+          n: Annotated[Optional[int], typer.Option("--n", "--n-images", help="images to audit (default: the config's, else 500; "
+                                                   "under torchrun write --n-images: torchrun reads --n as its own)")]
           = None,
           seed: MaybeSeedOpt = None,
           attacks: Annotated[Optional[str], typer.Option(help="comma list: fgsm,pgd,pgd-l2,cw,deepfool,...")] = None,
@@ -50,16 +51,36 @@ def audit(model: ModelArgs, data: DataOpt, out: OutOpt = Path("trustvision-out")
     """Audit your model on your data: clean accuracy, robustness curves, soundness flags, report.
 
     Exit codes: 0 passed; 1 a --fail-under gate failed or a soundness flag at or above --fail-on (default:
-    error) was raised; 2 bad input (one line naming it)."""
+    error) was raised; 2 bad input (one line naming it).  Under torchrun (docs/distributed.md) every rank runs
+    this command, the batches are split across the ranks, rank 0 writes and prints; every rank exits alike."""
     cfg = audit_config(config, batch_size=batch_size, n=n, seed=seed, resume=not no_resume, gates=fail_under,
                        attacks=attacks, eps_linf=eps_linf, eps_l2=eps_l2, verify=0.1 if verify else None,
                        eot=eot, eot_samples=eot_samples, eps_l0=eps_l0, fail_on=output.fail_on)
+    from ...scale import init, shutdown
+    dist = init(model.device)                 # torchrun: join the process group (cuda -> cuda:LOCAL_RANK)
+    try:
+        if dist.active:
+            model = replace(model, device=str(dist.device))
+        loaded, error = None, None
+        try:                                   # a rank that cannot load fails every rank (no hang), exit 2
+            loaded = _load(model, defense, DataArgs(data, max_pixels=max_pixels, skip_bad=skip_bad_images))
+        except TrustVisionError as e:
+            error = e
+        dist.raise_together(error)
+        code = run_audit(*loaded, cfg, out, data, trust_code=model.trust_code, output=output)
+    finally:
+        shutdown()
+    raise typer.Exit(code)
+
+
+def _load(model: ModelArgs, defense: str | None, data: DataArgs):
+    """``(classifier, dataset)``: the model (behind ``--defense`` if given) and the data fitted to it
+    (sampled by the audit, not here)."""
     classifier = model.load()
     if defense:
         from ...defenses.transforms import defend
         classifier = defend(classifier, defense)
-    ds = DataArgs(data, max_pixels=max_pixels, skip_bad=skip_bad_images).load(classifier)   # sampled by the audit
-    raise typer.Exit(run_audit(classifier, ds, cfg, out, data, trust_code=model.trust_code, output=output))
+    return classifier, data.load(classifier)
 
 
 def audit_config(toml: Path | None, *, batch_size: int | None, n: int | None, seed: int | None, resume: bool,

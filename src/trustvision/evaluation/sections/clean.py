@@ -31,6 +31,7 @@ from ...errors import TrustVisionError
 from ...models.classifier import Classifier
 from ...progress import Progress, Quiet
 from ...results import Flag, SectionResult, Table
+from ...scale.shard import map_batches
 
 
 def per_class_accuracy(correct: Tensor, y: Tensor, num_classes: int) -> Tensor:
@@ -120,19 +121,22 @@ def skipped_flags(data: Dataset) -> list[Flag]:
 
 def clean_section(clf: Classifier, data: Dataset, *, batch_size: int = 256,
                   progress: Progress | None = None) -> tuple[SectionResult, Tensor]:
-    """Clean accuracy, per-class accuracy and output checks.
+    """Clean accuracy, per-class accuracy and output checks of images ``data.x`` (N, C, H, W), labels (N,).
 
-    Returns the section and the clean logits (N, K) on the CPU.
+    Returns the section and the clean logits (N, K) on the CPU.  Under torchrun the forward batches are
+    split across the ranks and gathered (:func:`trustvision.scale.shard.map_batches`): every rank gets all N.
     """
     progress = progress or Quiet()
     t0 = time.perf_counter()
-    advance = progress.task("clean accuracy", (len(data) + batch_size - 1) // batch_size)
-    chunks = []
-    with torch.inference_mode():
-        for i in range(0, len(data), batch_size):
-            chunks.append(clf(data.x[i:i + batch_size].to(clf.device)).cpu())
-            advance(1)
-    logits = torch.cat(chunks)
+    nb = (len(data) + batch_size - 1) // batch_size
+    advance = progress.task("clean accuracy", nb)
+
+    def one(b: int) -> Tensor:                  # (B, K) logits of batch b, on the CPU
+        with torch.inference_mode():
+            return clf(data.x[b * batch_size:(b + 1) * batch_size].to(clf.device)).cpu()
+
+    chunks = map_batches(one, nb, advance)      # split across torchrun ranks, gathered in order
+    logits = torch.cat(chunks) if chunks else torch.zeros(0, clf.num_classes)
     bad = ~torch.isfinite(logits).all(1)
     if bool(bad.any()):
         first = int(bad.nonzero()[0, 0])
