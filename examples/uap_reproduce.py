@@ -171,9 +171,11 @@ def main() -> None:
            "At ζ ≥ 0.2 they do not beat both random controls in every row, so the evidence for a usable non-domain "
            "direction is mixed. ")
         + f"At ζ = {min(ZETAS)} every rate is ≤ {low:.2f}. "
-          "One seed, 500 source and 500 evaluation images per cell: differences of a few points are within noise.")
+          f"One seed, {args.n_source} source and {args.n_eval} evaluation images per cell: differences of a few points "
+          "are within noise.")
     print("\n" + verdict)
-    cmd = "python examples/uap_reproduce.py" + ("" if len(sys.argv) == 1 else " " + " ".join(sys.argv[1:]))
+    shown = [a for i, a in enumerate(sys.argv[1:]) if "--out" not in (a, sys.argv[i])]
+    cmd = "python examples/uap_reproduce.py" + "".join(" " + a for a in shown)      # --out: where, not what
     setting = (f"the demo smallcnn, an mlp and a smallcnn-w32, the last two trained for {args.epochs} epochs on the "
                f"same train split with `training.train_classifier`" if args.setting == "direct" else
                f"smallcnn-w32, lenet and resnet, each pretrained for {args.epochs} epochs on the photo-identity task "
@@ -186,7 +188,9 @@ def main() -> None:
           f"(CPU, torch {torch.__version__}, {torch.get_num_threads()} threads, {total:.0f} s in total.)\n\n"
           f"Protocol after Hirano & Takemoto (Algorithms 2020) and Minagi, Hirano & Takemoto (J. Imaging 2022): "
           f"UAPs with `UniversalPerturbation(method=\"fgsm\", norm=\"l2\", zeta=ζ, max_passes={args.max_passes}, "
-          f"stop_rate={args.stop_rate}, seed={args.seed})` (batch 64, default step 0.25·ε per image, L2-normalised), ζ relative to the mean L2 norm "
+          f"stop_rate={args.stop_rate}, seed={args.seed})` (batch {UniversalPerturbation.batch_size}, step rule "
+          f"`{UniversalPerturbation.step_rule}`: step=None gives an L2-normalised FGSM step of 0.25·ε per image, "
+          f"see `attacks/universal.py`), ζ relative to the mean L2 norm "
           f"of the evaluation images, built from {args.n_source} source images: (a) MNIST train images (in-domain), "
           f"(b) `natural` crops of skimage photographs converted to grayscale by luminance "
           f"(`uap_section.source_images`). Evaluated on {args.n_eval} held-out MNIST test images (the 80/20 split "

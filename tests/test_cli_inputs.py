@@ -311,3 +311,46 @@ def test_trust_code_reaches_the_uap_section_only_from_the_flag(weights, tmp_path
         r = runner.invoke(app, [*args, "--out", str(tmp_path / f"o{len(extra)}"), *extra])
         assert r.exit_code == 2 and _lines(r.output)[-1] == "error: uap section reached", r.output
     assert seen == [False, True]
+
+
+# ------------------------------------------------------------------ --preset on attack and uap (issue 17)
+def test_attack_preset_errors_are_one_line_before_any_work():
+    common = ["--model", "missing.safetensors", "--data", "mnist"]
+    assert "give an attack NAME or --preset" in one_line_error(["attack", *common])
+    assert "--preset kotyan2022 runs the attack 'threshold', not 'pgd'" in one_line_error(
+        ["attack", "pgd", "--preset", "kotyan2022", *common])
+    assert "runs the attack 'pgd', not 'pgd-l2'" in one_line_error(["attack", "pgd-l2", "--preset", "pgd", *common])
+    assert "--preset 'nope': unknown; choose from" in one_line_error(["attack", "--preset", "nope", *common])
+
+
+@pytest.mark.slow
+def test_attack_preset_option_runs_the_preset_as_the_positional_name_does(weights, tmp_path):
+    import json
+    common = [*MNIST_MODEL, "--model", str(weights), "--data", "mnist", "--n", "4", "--opt", "pop_size=8",
+              "--opt", "generations=2", "--opt", "max_threshold=15"]
+    docs = []
+    for i, how in enumerate((["--preset", "kotyan2022"], ["threshold", "--preset", "kotyan2022"], ["kotyan2022"])):
+        r = runner.invoke(app, ["attack", *how, *common, "--out", str(tmp_path / str(i))])
+        assert r.exit_code == 0, (how, r.output)
+        docs.append(json.loads(r.stdout))
+        assert (tmp_path / str(i) / "kotyan2022.npz").is_file()
+    described = docs[0]["attack"]
+    assert (described["attack"], described["optimizer"], described["quantize"], described["minimal"]) == \
+        ("threshold", "cmaes", True, True) and described["pop_size"] == 8
+    assert docs[0] == docs[1] == docs[2]                       # same seed, same attack: the same numbers
+
+
+@pytest.mark.slow
+def test_uap_preset_hirano2020_reaches_the_section(weights, tmp_path):
+    import json
+    r = runner.invoke(app, ["uap", "--preset", "hirano2020", *MNIST_MODEL, "--model", str(weights), "--eval", "mnist",
+                            "--source", "mnist", "--n", "16", "--n-source", "16", "--max-passes", "1", "--sweep", "",
+                            "--out", str(tmp_path / "u")])
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((tmp_path / "u" / "results.json").read_text())["sections"]["uap"]["config"]
+    assert (cfg["step_rule"], cfg["stop_rate"]) == ("art", 1.0)
+    assert "--preset 'nope': unknown" in one_line_error(["uap", "--preset", "nope", *MNIST_MODEL, "--model",
+                                                         str(weights), "--eval", "mnist", "--out", str(tmp_path / "w")])
+    assert "--preset hirano2020 uses --method fgsm, not sgd" in one_line_error(
+        ["uap", "--preset", "hirano2020", "--method", "sgd", *MNIST_MODEL, "--model", str(weights), "--eval", "mnist",
+         "--out", str(tmp_path / "v")])

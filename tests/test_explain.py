@@ -285,3 +285,87 @@ def test_gradcampp_guard_and_negative_activation_fraction(mnist_clf, mnist_batch
     assert float(CAM("gradcam++")(mnist_clf, x).negative_fraction.max()) == 0.0
     pre = CAM("gradcam++", "6")(mnist_clf, x)                         # the conv before its ReLU
     assert float(pre.negative_fraction.min()) > 0.05 and torch.isfinite(pre.maps).all()
+
+
+# ------------------------------------------------------------------ target specs (explain --target)
+def test_target_specs_parse_build_and_refuse():
+    from trustvision.explain import (AdversarialTarget, MarginTarget, RegressionTarget, build_target,
+                                     parse_target)
+    kinds = {s: parse_target(s).kind for s in ("pred", "predicted", "label", "TRUE", "class:3", "margin",
+                                                  "margin:label", "score:1", "adv")}
+    assert kinds == {"pred": "pred", "predicted": "pred", "label": "label", "TRUE": "label", "class:3": "class",
+                     "margin": "margin", "margin:label": "margin", "score:1": "score", "adv": "adv"}
+    assert parse_target("margin:label").of == "label" and parse_target("score:1").index == 1
+    pred, label, adv = torch.tensor([1, 2, 3]), torch.tensor([1, 0, 3]), torch.tensor([4, 2, 5])
+    kw = dict(pred=pred, label=label, num_outputs=6)
+    assert torch.equal(build_target(parse_target("pred"), **kw), pred)
+    assert torch.equal(build_target(parse_target("label"), **kw), label)
+    assert torch.equal(build_target(parse_target("class:5"), **kw), torch.full((3,), 5))
+    assert build_target(parse_target("margin:label"), **kw) == [MarginTarget(1), MarginTarget(0), MarginTarget(3)]
+    assert build_target(parse_target("score:2"), **kw) == RegressionTarget(2)
+    assert build_target(parse_target("adv"), **kw, adv=adv) == [AdversarialTarget(c) for c in (4, 2, 5)]
+    for bad, msg in [("class", "class:K needs"), ("class:x", "class:K needs"), ("score:-1", "score:K needs"),
+                     ("logit", "unknown CAM target; choose from pred"), ("margin:adv", "unknown CAM target")]:
+        with pytest.raises(TrustVisionError, match=msg):
+            parse_target(bad)
+    with pytest.raises(TrustVisionError, match="class:6: the model has 6 outputs"):
+        build_target(parse_target("class:6"), **kw)
+    with pytest.raises(TrustVisionError, match="adv: needs"):
+        build_target(parse_target("adv"), **kw)
+    with pytest.raises(TrustVisionError, match="needs an attack"):
+        ExplainConfig(target="adv", attack=None)
+
+
+@pytest.mark.slow
+def test_section_targets_match_cams_of_the_target_objects(mnist_clf, mnist_test, tmp_path):
+    """Each --target text gives the maps of the matching target object (which the tests above check against
+    pytorch-grad-cam); score:K follows the raw output in the faithfulness curves."""
+    from trustvision.attacks import make_attack, run_batched
+    from trustvision.explain import AdversarialTarget, MarginTarget, RegressionTarget
+    from trustvision.evaluation.sections.explain import explain_section
+    data = mnist_test.subset(list(range(12)))
+    logits = mnist_clf.predict(data.x).cpu()
+    pred, y = logits.argmax(1), data.y
+    adv_x = run_batched(make_attack("fgsm", eps=0.3), mnist_clf, data.x, y, 64).x_adv
+    adv = mnist_clf.predict(adv_x).argmax(1).cpu()
+    assert (adv != pred).any()                                   # the adv target differs from pred somewhere
+    expected = {"pred": pred, "label": y, "class:7": torch.full_like(y, 7),
+                "margin": [MarginTarget(int(c)) for c in pred], "score:4": RegressionTarget(4),
+                "adv": [AdversarialTarget(int(c)) for c in adv]}
+    for spec, obj in expected.items():
+        cfg = ExplainConfig(method="gradcam", target=spec, clusters=2, faithfulness_images=4, steps=2,
+                            attack="fgsm" if spec == "adv" else None, attack_options={"eps": 0.3}, attack_images=2)
+        sec = explain_section(mnist_clf, data, logits, cfg, out_dir=tmp_path / spec.replace(":", "_"))
+        saved = np.load(tmp_path / spec.replace(":", "_") / "explain_maps.npz")
+        ref = compute_cams(mnist_clf, data.x, obj, method="gradcam")
+        assert np.abs(saved["maps"].astype(np.float32) - ref.maps.numpy()).max() < 2e-3, spec
+        assert np.array_equal(saved["target"], ref.target.numpy()), spec
+        assert sec.metrics["target"] == spec
+        assert sec.metrics["faithfulness_output"] == ("raw" if spec == "score:4" else "probability")
+    assert (saved["target"] == adv.numpy()).all()                # adv: the class of the adversarial example
+
+
+@pytest.mark.slow
+def test_cli_explain_target_option(mnist_setup, tmp_path):
+    from safetensors.torch import save_file
+    w = tmp_path / "cnn.safetensors"
+    save_file({k: v.contiguous() for k, v in mnist_setup[0].state_dict().items()}, str(w))
+    common = ["explain", "--model", str(w), "--arch", "trustvision:smallcnn", "--num-classes", "10", "--channels", "1",
+              "--data", "mnist", "--n", "12", "--steps", "2", "--clusters", "2", "--method", "gradcam"]
+    for spec, attack in [("class:3", "none"), ("score:1", "none"), ("adv", "fgsm")]:
+        out = tmp_path / spec.replace(":", "_")
+        r = CliRunner().invoke(app, [*common, "--target", spec, "--attack", attack, "--eps", "0.3", "--out", str(out)])
+        assert r.exit_code == 0, r.output
+        metrics = json.loads((out / "results.json").read_text())["sections"]["explain"]["metrics"]
+        targets = np.load(out / "explain_maps.npz")["target"]
+        assert metrics["target"] == spec and len(targets) == 12
+        if spec == "class:3":
+            assert (targets == 3).all()
+        if spec == "score:1":
+            assert (targets == -1).all() and metrics["faithfulness_output"] == "raw"
+    for args, msg in [(["--target", "class:x"], "--target 'class:x'"), (["--target", "bogus"], "choose from pred"),
+                      (["--target", "adv", "--attack", "none"], "--target adv"),
+                      (["--target", "class:10"], "--target class:10: the model has 10 outputs")]:
+        r = CliRunner().invoke(app, [*common, *args, "--out", str(tmp_path / "bad")])
+        lines = [ln for ln in r.output.strip().splitlines() if ln.strip()]
+        assert r.exit_code == 2 and len(lines) == 1 and msg in lines[0], (args, r.output)

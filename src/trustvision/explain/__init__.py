@@ -12,8 +12,9 @@ The opt-in ``explain`` audit section is :mod:`trustvision.evaluation.sections.ex
 from .cam import CAM, METHODS, CAMResult, compute_cams, find_layer, vit_reshape
 from .clustering import Clustering, GroupTest, cluster_maps, group_test, read_groups
 from .faithfulness import FaithfulnessResult, deletion_insertion, random_saliency
-from .targets import AdversarialTarget, ClassifierOutputTarget, MarginTarget, RegressionTarget
+from .targets import (AdversarialTarget, ClassifierOutputTarget, MarginTarget, RegressionTarget, TargetSpec,
+                      build_target, parse_target)
 
-__all__ = ["AdversarialTarget", "CAM", "ClassifierOutputTarget", "MarginTarget", "METHODS", "RegressionTarget", "CAMResult", "Clustering", "FaithfulnessResult", "GroupTest",
+__all__ = ["AdversarialTarget", "TargetSpec", "build_target", "parse_target", "CAM", "ClassifierOutputTarget", "MarginTarget", "METHODS", "RegressionTarget", "CAMResult", "Clustering", "FaithfulnessResult", "GroupTest",
            "cluster_maps", "compute_cams", "deletion_insertion", "find_layer", "group_test",
            "random_saliency", "read_groups", "vit_reshape"]

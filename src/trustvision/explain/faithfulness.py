@@ -9,7 +9,8 @@ Petsiuk, Das & Saenko, "RISE: Randomized Input Sampling for Explanation of Black
   the probability should rise fast — *higher* AUC is better.
 
 Curves are sampled at ``steps + 1`` fractions ``0, 1/steps, ..., 1`` of the pixels; the AUC is
-the trapezoid area over the fraction axis (so it lies in [0, 1]).  Ties in a map (a CAM is
+the trapezoid area over the fraction axis (so it lies in [0, 1]; ``output="raw"`` follows a raw model output
+instead, e.g. a regression score).  Ties in a map (a CAM is
 often 0 over large regions) are broken by a seeded random order, never by pixel position.
 A seeded uniform random map gives the baseline a real map must beat.
 
@@ -77,8 +78,9 @@ def blur(x: Tensor, sigma: float = 5.0) -> Tensor:
 
 
 def _curve(clf: Classifier, start: Tensor, end: Tensor, ranks: Tensor, counts: Tensor, target: Tensor,
-           max_images: int) -> Tensor:
-    """Probabilities (N, S+1): at step s the pixels with rank < counts[s] come from ``end``, others from ``start``."""
+           max_images: int, output: str = "probability") -> Tensor:
+    """Probabilities (N, S+1) (raw outputs with ``output="raw"``): at step s the pixels with rank < counts[s] come
+    from ``end``, others from ``start``."""
     n = len(start)
     probs = []
     chunk = max(1, max_images // max(n, 1))
@@ -86,7 +88,8 @@ def _curve(clf: Classifier, start: Tensor, end: Tensor, ranks: Tensor, counts: T
         c = counts[i:i + chunk]
         mask = (ranks[None] < c.view(-1, 1, 1, 1)).unsqueeze(2)          # (s, N, 1, H, W)
         imgs = torch.where(mask, end[None], start[None]).flatten(0, 1)
-        p = clf(imgs).softmax(1).view(len(c), n, -1)
+        logits = clf(imgs)
+        p = (logits.softmax(1) if output == "probability" else logits).view(len(c), n, -1)
         probs.append(p.gather(2, target.view(1, n, 1).expand(len(c), n, 1))[..., 0])
     return torch.cat(probs).T
 
@@ -99,7 +102,7 @@ def auc(curve: Tensor) -> Tensor:
 
 def deletion_insertion(clf: Classifier, x: Tensor, saliency: Tensor, target: Tensor, *, steps: int = 28,
                        deletion_baseline: str = "zero", blur_sigma: float = 5.0, batch_size: int = 64,
-                       max_images: int | None = None, seed: int = 0) -> FaithfulnessResult:
+                       max_images: int | None = None, seed: int = 0, output: str = "probability") -> FaithfulnessResult:
     """Deletion and insertion curves for saliency maps.
 
     Args:
@@ -111,6 +114,9 @@ def deletion_insertion(clf: Classifier, x: Tensor, saliency: Tensor, target: Ten
         batch_size: images per group; ``max_images``: images per stacked forward pass (None: chosen by
             :func:`~trustvision.batching.forward_batch`; the curves do not depend on it).
         seed: tie-breaking order.
+        output: ``"probability"`` (softmax of the explained class, RISE) or ``"raw"`` (the explained output as
+            the model gives it: for a regression score, whose softmax means nothing; the AUCs then are in the
+            output's units, comparable only with another map's on the same images).
     Returns: curves on the CPU (see :class:`FaithfulnessResult`).
     """
     if saliency.shape != (x.shape[0], *x.shape[-2:]):
@@ -120,6 +126,8 @@ def deletion_insertion(clf: Classifier, x: Tensor, saliency: Tensor, target: Ten
         raise TrustVisionError(f"faithfulness steps must be >= 1, got {steps}")
     if deletion_baseline not in ("zero", "blur", "mean"):
         raise TrustVisionError(f"deletion baseline must be zero, blur or mean, got {deletion_baseline!r}")
+    if output not in ("probability", "raw"):
+        raise TrustVisionError(f"faithfulness output must be 'probability' or 'raw', got {output!r}")
     hw = x.shape[-2] * x.shape[-1]
     dev = clf.device
     max_images = forward_batch(clf, dev, sample_shape=x.shape[1:], override=max_images)
@@ -133,8 +141,8 @@ def deletion_insertion(clf: Classifier, x: Tensor, saliency: Tensor, target: Ten
             blurred = blur(xb, blur_sigma)
             base = {"zero": torch.zeros_like(xb), "blur": blurred,
                     "mean": xb.mean((2, 3), keepdim=True).expand_as(xb)}[deletion_baseline]
-            dels.append(_curve(clf, xb, base, ranks, counts, tb, max_images).cpu())
-            ins.append(_curve(clf, blurred, xb, ranks, counts, tb, max_images).cpu())
+            dels.append(_curve(clf, xb, base, ranks, counts, tb, max_images, output).cpu())
+            ins.append(_curve(clf, blurred, xb, ranks, counts, tb, max_images, output).cpu())
     d = torch.cat(dels) if dels else torch.zeros(0, steps + 1)
     n_ = torch.cat(ins) if ins else torch.zeros(0, steps + 1)
     return FaithfulnessResult(torch.linspace(0, 1, steps + 1), d, n_, auc(d), auc(n_))

@@ -17,6 +17,9 @@ interchangeable with pytorch-grad-cam's (whose targets are called once per image
 int tensor (N,) of classes, one target for the whole batch, or a list of N per-image callables (ours or
 pytorch-grad-cam's) — into scores (N,) and the explained class of each image (-1 where no single class is
 explained, e.g. a regression score).
+
+:func:`parse_target` reads the ``explain --target`` texts (``pred``, ``label``, ``class:K``, ``margin``,
+``margin:label``, ``score:K``, ``adv``) and :func:`build_target` turns one into the target of N images.
 """
 from __future__ import annotations
 
@@ -174,3 +177,66 @@ def resolve(targets: Any, outputs: Tensor) -> tuple[Tensor, Tensor]:
         raise TrustVisionError(f"CAM target {type(targets).__name__} gave scores of shape {tuple(scores.shape)}; "
                                f"expected ({n},) (one scalar per image)")
     return scores, classes.to(outputs.device)
+
+
+# ------------------------------------------------------------------ target specs (``explain --target``)
+TARGET_SPECS = "pred | label | class:K | margin | margin:label | score:K | adv"
+_ALIASES = {"predicted": "pred", "true": "label"}
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """A parsed ``--target`` text: ``kind`` in pred, label, class, margin, score, adv; ``index`` for class:K and
+    score:K; ``of`` (pred or label) the class a margin is taken for."""
+
+    kind: str
+    index: int | None = None
+    of: str = "pred"
+
+    @property
+    def has_class(self) -> bool:
+        """False for ``score:K``: the map explains a raw (regression) output, not a class."""
+        return self.kind != "score"
+
+
+def parse_target(spec: str, what: str = "--target") -> TargetSpec:
+    """``"pred"``, ``"label"``, ``"class:3"``, ``"margin"``, ``"margin:label"``, ``"score:0"``, ``"adv"``
+    (``predicted`` and ``true`` are accepted for pred and label) -> :class:`TargetSpec`; one-line errors."""
+    text = _ALIASES.get(str(spec).strip().lower(), str(spec).strip().lower())
+    head, sep, arg = text.partition(":")
+    if head in ("pred", "label", "adv") and not sep:
+        return TargetSpec(head)
+    if head == "margin" and arg in ("", "pred", "label"):
+        return TargetSpec("margin", of=arg or "pred")
+    if head in ("class", "score"):
+        if arg.isascii() and arg.isdigit():
+            return TargetSpec(head, int(arg))
+        raise TrustVisionError(f"{what} {spec!r}: {head}:K needs a non-negative integer K, got {arg!r}")
+    raise TrustVisionError(f"{what} {spec!r}: unknown CAM target; choose from {TARGET_SPECS}")
+
+
+def build_target(spec: TargetSpec, *, pred: Tensor, label: Tensor, num_outputs: int,
+                 adv: Tensor | None = None, what: str = "--target") -> Any:
+    """The CAM target for ``spec`` over N images, in a form :func:`~.cam.compute_cams` slices per batch.
+
+    Args: pred, label: (N,) predicted and true classes; adv: (N,) classes of the adversarial examples (for
+    ``adv``); num_outputs: K, the model's outputs.  Returns an (N,) class tensor, a list of N per-image target
+    objects (stacked again into one batched target per batch by :func:`resolve`), or one
+    :class:`RegressionTarget`.
+    """
+    if spec.index is not None and spec.index >= num_outputs:
+        raise TrustVisionError(f"{what} {spec.kind}:{spec.index}: the model has {num_outputs} outputs "
+                               f"(0..{num_outputs - 1})")
+    if spec.kind == "pred":
+        return pred.long()
+    if spec.kind == "label":
+        return label.long()
+    if spec.kind == "class":
+        return torch.full_like(pred.long(), spec.index)
+    if spec.kind == "score":
+        return RegressionTarget(spec.index)
+    if spec.kind == "margin":
+        return [MarginTarget(c) for c in (pred if spec.of == "pred" else label).tolist()]
+    if adv is None:
+        raise TrustVisionError(f"{what} adv: needs the classes of adversarial examples (an attack)")
+    return [AdversarialTarget(c) for c in adv.tolist()]

@@ -1,7 +1,9 @@
 """``trustvision attack NAME``: one attack on a sample, saved as ``.npz`` + PNG grid + JSON summary (printed as JSON).
 
 ``NAME`` is a registered attack (``trustvision list attacks``) or a robustness preset (``pgd-l2``,
-``trustvision list presets``).  Budgets take the same syntax as ``audit`` (``--eps 8/255``); every
+``trustvision list presets``); ``--preset NAME`` names a preset explicitly (``trustvision attack --preset
+kotyan2022`` or ``trustvision attack threshold --preset kotyan2022``: the authors' settings, which the
+options below still override).  Budgets take the same syntax as ``audit`` (``--eps 8/255``); every
 constructor argument of the attack is reachable with ``--opt KEY=VALUE`` (repeatable, e.g. ``--opt restarts=5``;
 values are read by the argument's type, fractions allowed), and the common ones have their own flags:
 ``--eps``, ``--norm``, ``--steps``, ``--th`` (pixels changed by ``pixel``).
@@ -32,8 +34,11 @@ NAME_HELP = (f"attack: {' | '.join(ATTACKS.names())}, or a preset such as pgd-l2
              "trustvision list presets)")
 
 
-def attack(name: Annotated[str, typer.Argument(help=NAME_HELP)], model: ModelArgs, data: DataOpt,
-           out: OutOpt = Path("trustvision-attack"),
+def attack(name: Annotated[Optional[str], typer.Argument(help=NAME_HELP)] = None, *, model: ModelArgs,
+           data: DataOpt, out: OutOpt = Path("trustvision-attack"),
+           preset: Annotated[Optional[str], typer.Option(help="a named configuration (trustvision list presets), "
+                                                         "e.g. kotyan2022 (Kotyan & Vargas' threshold attack); "
+                                                         "NAME, if given, must be its attack")] = None,
            eps: Annotated[Optional[str], typer.Option(help="budget, e.g. 8/255 or 0.03 (fgsm, pgd, threshold, "
                                                       "square, apgd, fab, autoattack)")] = None,
            norm: Annotated[Optional[str], typer.Option(help="linf | l2")] = None,
@@ -46,6 +51,7 @@ def attack(name: Annotated[str, typer.Argument(help=NAME_HELP)], model: ModelArg
            seed: SeedOpt = 0, max_pixels: MaxPixelsOpt = MAX_PIXELS, skip_bad_images: SkipBadOpt = False) -> None:
     """Run one attack; save adversarial examples (.npz) and a PNG grid (original | adversarial | perturbation);
     print the summary as JSON."""
+    name = choose_attack(name, preset)
     cls, fixed = attack_class(name)
     budget = None if eps is None else _number(eps, "--eps")
     given = {"eps": budget, "norm": norm, "steps": steps, "th": th}
@@ -56,6 +62,25 @@ def attack(name: Annotated[str, typer.Argument(help=NAME_HELP)], model: ModelArg
     ds = DataArgs(data, n=n, seed=seed, max_pixels=max_pixels, skip_bad=skip_bad_images).load(classifier)
     summary = run_single_attack(name, opts, classifier, ds, out, target=target, batch_size=batch_size)
     console.print(json.dumps(summary, indent=2, default=str), markup=False, highlight=False, soft_wrap=True)
+
+
+def choose_attack(name: str | None, preset: str | None) -> str:
+    """The attack or preset name to run from ``NAME`` and ``--preset``; one-line errors when they disagree."""
+    from ...attacks.presets import PRESETS
+    if preset is None:
+        if name is None:
+            raise TrustVisionError("attack: give an attack NAME or --preset NAME (trustvision list attacks, "
+                                   "trustvision list presets)")
+        return name
+    try:
+        chosen = PRESETS.get(preset)
+    except TrustVisionError:
+        raise TrustVisionError(f"--preset {preset!r}: unknown; choose from {', '.join(PRESETS.names())}") from None
+    if name is not None and (attack_class(name)[0] is not chosen.cls or
+                             (name.strip().lower() not in ATTACKS and name.strip().lower() != chosen.name)):
+        raise TrustVisionError(f"--preset {chosen.name} runs the attack {chosen.attack!r}, not {name!r} "
+                               f"(drop NAME or give {chosen.attack})")
+    return chosen.name
 
 
 def attack_class(name: str) -> tuple[type, dict]:

@@ -22,7 +22,10 @@ def explain(model: ModelArgs, data: DataOpt, out: OutOpt = Path("trustvision-exp
             method: Annotated[str, typer.Option(help="gradcam | gradcam++ | layercam | hirescam")] = "gradcam++",
             clusters: Annotated[str, typer.Option(help="'auto' (silhouette) or a number of clusters")] = "auto",
             layer: Annotated[Optional[str], typer.Option(help="target layer, dotted path (default: last conv block)")] = None,
-            target: Annotated[str, typer.Option(help="explain the 'predicted' or the 'true' class")] = "predicted",
+            target: Annotated[str, typer.Option(help="what the maps explain: pred (predicted class) | label (true "
+                                                     "class) | class:K | margin (predicted class minus the best "
+                                                     "other) | margin:label | score:K (regression output K) | adv "
+                                                     "(the class --attack pushes each image to)")] = "pred",
             attack: Annotated[str, typer.Option(help="attack for attention under attack (pgd, fgsm, pgd-l2, cw, "
                                                      "deepfool...) or 'none'")] = "pgd",
             eps: Annotated[Optional[str], typer.Option(help="attack budget, e.g. 8/255 (default: the attack's)")] = None,
@@ -30,12 +33,19 @@ def explain(model: ModelArgs, data: DataOpt, out: OutOpt = Path("trustvision-exp
             batch_size: BatchOpt = 128, n: Annotated[int, typer.Option("--n", help="images to explain")] = 500,
             seed: SeedOpt = 0, no_resume: NoResumeOpt = False, max_pixels: MaxPixelsOpt = MAX_PIXELS,
             skip_bad_images: SkipBadOpt = False, output: OutputArgs = OutputArgs()) -> None:
-    """Explain the model: Grad-CAM++ maps, deletion/insertion faithfulness, k-means clusters of attention
-    (per class and per --groups), attention shift under attack; results.json + report.html."""
+    """Explain the model: Grad-CAM++ maps (of the --target: predicted class by default), deletion/insertion
+    faithfulness, k-means clusters of attention (per class and per --groups), attention shift under attack;
+    results.json + report.html."""
     from ... import AuditConfig
     from ...evaluation.sections.explain import ExplainConfig
-    from ...explain import read_groups
+    from ...explain import parse_target, read_groups
+    spec = parse_target(target)
+    if spec.kind == "adv" and attack.lower() == "none":     # refused before any work
+        raise TrustVisionError("--target adv explains the class of an adversarial example: give an --attack")
     classifier = model.load()
+    if spec.index is not None and spec.index >= classifier.num_classes:
+        raise TrustVisionError(f"--target {target}: the model has {classifier.num_classes} outputs "
+                               f"(0..{classifier.num_classes - 1})")
     ds = DataArgs(data, max_pixels=max_pixels, skip_bad=skip_bad_images).load(classifier)
     labels_per_image = read_groups(groups, len(ds), ds.paths) if groups else None
     idx = ds.sample_indices(n, seed)      # keep the indices so group labels follow their images

@@ -2,8 +2,9 @@
 
 Steps (each documented in its module):
 
-1. Grad-CAM++ (or another :data:`~.cam.METHODS` entry) maps of the evaluated images for the
-   predicted (or true) class — :mod:`.cam`;
+1. Grad-CAM++ (or another :data:`~.cam.METHODS` entry) maps of the evaluated images for ``target``: the
+   predicted or true class, a fixed class, a margin, a regression output or the class of an adversarial
+   example (:func:`~trustvision.explain.targets.parse_target`) — :mod:`.cam`;
 2. deletion/insertion AUCs of those maps against a seeded random map (Petsiuk et al. 2018) —
    :mod:`.faithfulness`;
 3. k-means clusters of the maps, their mean maps, and the chi-square test of whether classes
@@ -32,6 +33,7 @@ from ...results import Figure, Flag, SectionResult, Table
 from ...explain.cam import METHODS, compute_cams, find_layer
 from ...explain.clustering import cluster_maps, group_test
 from ...explain.faithfulness import deletion_insertion, random_saliency
+from ...explain.targets import build_target, parse_target
 
 
 @dataclass
@@ -40,7 +42,10 @@ class ExplainConfig:
 
     ``clusters`` is ``"auto"`` (silhouette over ``k_range``) or an int; ``groups`` is one group
     label per evaluated image (e.g. from :func:`~.clustering.read_groups`); ``attack`` is a
-    robustness preset (``pgd``, ``fgsm``, ``pgd-l2``, ``cw``, ``deepfool``...) with ``attack_options``.
+    robustness preset (``pgd``, ``fgsm``, ``pgd-l2``, ``cw``, ``deepfool``...) with ``attack_options``;
+    ``target`` is what the maps explain: ``pred`` (``predicted``), ``label`` (``true``), ``class:K``, ``margin``,
+    ``margin:label``, ``score:K`` (a regression output; faithfulness then follows the raw output) or ``adv``
+    (the class ``attack`` pushes each image to).
     """
 
     method: str = "gradcam++"
@@ -65,8 +70,9 @@ class ExplainConfig:
         check_config(self)                  # every key's type, named in the error
         if self.method not in METHODS:
             raise TrustVisionError(f"explain method {self.method!r} unknown; choose from {', '.join(METHODS)}")
-        if self.target not in ("predicted", "true"):
-            raise TrustVisionError(f"explain target must be 'predicted' or 'true', got {self.target!r}")
+        if parse_target(self.target, "explain target").kind == "adv" and self.attack is None:
+            raise TrustVisionError("explain target 'adv' explains the class of an adversarial example: it needs an "
+                                   "attack (not 'none')")
         if isinstance(self.clusters, str) and self.clusters != "auto":
             try:
                 self.clusters = int(self.clusters)
@@ -127,8 +133,8 @@ def explain_section(clf: Classifier, data: Dataset, clean_logits: Tensor, cfg: E
     n = len(data) if cfg.max_images is None else min(cfg.max_images, len(data))
     x, y = data.x[:n], data.y[:n]
     advance = progress.task(f"explain ({cfg.method})", 4)
-    cams = compute_cams(clf, x, y if cfg.target == "true" else None, method=cfg.method, layer=cfg.layer,
-                        batch_size=batch_size)
+    cams = compute_cams(clf, x, _cam_target(cfg, clf, x, y, clean_logits[:n], batch_size), method=cfg.method,
+                        layer=cfg.layer, batch_size=batch_size)
     layer_name = find_layer(clf.module, cfg.layer)[0]
     advance(1)
     nf = min(cfg.faithfulness_images, n)
@@ -139,7 +145,8 @@ def explain_section(clf: Classifier, data: Dataset, clean_logits: Tensor, cfg: E
     shift = _attention_under_attack(cfg, clf, data, clean_logits.argmax(1) == data.y, batch_size)
     advance(1)
 
-    metrics = {"method": cfg.method, "layer": layer_name, "n_images": n, "faithfulness_images": nf,
+    metrics = {"method": cfg.method, "layer": layer_name, "target": cfg.target, "n_images": n,
+               "faithfulness_images": nf, "faithfulness_output": _output(cfg),
                "deletion_auc": float(fa.deletion_auc.mean()), "insertion_auc": float(fa.insertion_auc.mean()),
                "random_deletion_auc": float(fr.deletion_auc.mean()),
                "random_insertion_auc": float(fr.insertion_auc.mean()),
@@ -173,14 +180,33 @@ def explain_section(clf: Classifier, data: Dataset, clean_logits: Tensor, cfg: E
     return sec
 
 
+def _cam_target(cfg: ExplainConfig, clf: Classifier, x: Tensor, y: Tensor, logits: Tensor, batch_size: int):
+    """What the maps explain (``cfg.target``, see :func:`~...explain.targets.parse_target`) for x (n, C, H, W):
+    ``adv`` runs the section's attack on every explained image and takes the adversarial prediction."""
+    spec = parse_target(cfg.target, "explain target")
+    adv = None
+    if spec.kind == "adv":
+        from ...attacks.runner import run_batched
+        res = run_batched(cfg.build_attack(), clf, x, y, batch_size)
+        adv = clf.predict(res.x_adv).argmax(1).cpu()
+    return build_target(spec, pred=logits.argmax(1).cpu(), label=y.cpu(), num_outputs=clf.num_classes, adv=adv,
+                        what="explain target")
+
+
+def _output(cfg: ExplainConfig) -> str:
+    """Faithfulness follows the softmax probability of a class, or the raw output for ``score:K``."""
+    return "probability" if parse_target(cfg.target).has_class else "raw"
+
+
 def _faithfulness(clf: Classifier, x: Tensor, cams, cfg: ExplainConfig, batch_size: int):
     """Deletion/insertion of the CAMs and of a seeded random map for images ``x`` (nf, C, H, W)."""
     nf = len(x)
-    fa = deletion_insertion(clf, x, cams.maps[:nf], cams.target[:nf], steps=cfg.steps,
-                            deletion_baseline=cfg.deletion_baseline, batch_size=batch_size, seed=cfg.seed)
-    fr = deletion_insertion(clf, x, random_saliency((nf, *x.shape[-2:]), cfg.seed), cams.target[:nf],
-                            steps=cfg.steps, deletion_baseline=cfg.deletion_baseline, batch_size=batch_size,
-                            seed=cfg.seed)
+    spec = parse_target(cfg.target)
+    tgt = cams.target[:nf] if spec.has_class else torch.full((nf,), spec.index, dtype=torch.long)
+    kw = dict(steps=cfg.steps, deletion_baseline=cfg.deletion_baseline, batch_size=batch_size, seed=cfg.seed,
+              output=_output(cfg))
+    fa = deletion_insertion(clf, x, cams.maps[:nf], tgt, **kw)
+    fr = deletion_insertion(clf, x, random_saliency((nf, *x.shape[-2:]), cfg.seed), tgt, **kw)
     return fa, fr
 
 
@@ -188,7 +214,8 @@ def _clusters(clf: Classifier, cams, cfg: ExplainConfig, n: int):
     """k-means clusters of the maps (N, H, W); chi-square tests of class (and group) against cluster."""
     k = None if cfg.clusters == "auto" else int(cfg.clusters)
     cl = cluster_maps(cams.maps, k, k_range=tuple(cfg.k_range), seed=cfg.seed)
-    by_class = group_test(cl.labels, [clf.labels[int(t)] for t in cams.target], cl.k)
+    by_class = group_test(cl.labels, [clf.labels[int(t)] if t >= 0 else "(no class)" for t in cams.target.tolist()],
+                          cl.k)
     by_group = None
     if cfg.groups is not None:              # images the groups file does not mention stay out of the test
         keep = np.array([g != "(none)" for g in cfg.groups[:n]], dtype=bool)
