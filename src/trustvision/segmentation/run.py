@@ -158,7 +158,7 @@ def fit_segmenter(kind: str, data: SegDataset, out: str | Path | None = None, *,
                   leak_k: int | None = None, embedder: Segmenter | None = None, depth: int = 3, width: int = 16,
                   epochs: int = 10, batch_size: int = 16, lr: float = 3e-3, seed: int = 0, device: str = "cpu",
                   precision: str = "fp32", resume: bool = True, progress: Progress | None = None,
-                  name: str | None = None) -> tuple[Segmenter, list[dict]]:
+                  name: str | None = None, class_weighting: str = "none") -> tuple[Segmenter, list[dict]]:
     """Train a ``unet`` / ``feedback-unet`` on ``data`` (N, C, H, W) + (N, H, W), optionally with the annotation leak.
 
     With ``leak_k`` (``--leak knn:K``) the leak's embedder is ``embedder`` (a segmenter trained without a
@@ -166,13 +166,14 @@ def fit_segmenter(kind: str, data: SegDataset, out: str | Path | None = None, *,
     final network gets K prior channels and is trained on priors retrieved from the *other* training images
     (:meth:`~.leak.LeakPrior.bank_prior`).  Weights are seeded by ``seed``; files as
     :func:`~.train.train_segmenter` (``model.safetensors``, ``checkpoint.safetensors``, ``history.json``,
-    ``leak.safetensors``).  Returns the segmenter (``rounds`` rounds at inference) and the training history.
+    ``leak.safetensors``).  ``class_weighting``: the loss's class weights (:func:`~.train.class_weights`).
+    Returns the segmenter (``rounds`` rounds at inference) and the training history.
     """
     from .train import build_network, train_segmenter
     out = Path(out) if out is not None else None
     opts = dict(depth=depth, width=width, rounds=rounds)
     train_kw = dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, precision=precision,
-                    resume=resume, progress=progress)
+                    resume=resume, progress=progress, class_weighting=class_weighting)
     leak = None
     if leak_k:
         if embedder is None:

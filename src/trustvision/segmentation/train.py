@@ -38,6 +38,7 @@ from .leak import LeakPrior
 from .unet import UNet
 
 PRECISIONS = ("fp32", "bf16")
+CLASS_WEIGHTS = ("none", "median", "sqrt-median")
 ARCHITECTURES = {"unet": UNet, "feedback-unet": FeedbackUNet}
 
 
@@ -61,11 +62,34 @@ def build_network(kind: str, in_channels: int, num_classes: int, **options) -> n
     return ARCHITECTURES[kind](in_channels, num_classes, **options)
 
 
-def segmentation_loss(outs: list[Tensor], masks: Tensor, ignore_index: int | None) -> tuple[Tensor, Tensor]:
-    """Mean over rounds of the per-pixel cross-entropy; returns (loss, per-round losses (R,))."""
+def segmentation_loss(outs: list[Tensor], masks: Tensor, ignore_index: int | None,
+                      weight: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Mean over rounds of the per-pixel cross-entropy (class ``weight`` (K,) optional, as in
+    ``F.cross_entropy``: a weighted mean over pixels); returns (loss, per-round losses (R,))."""
     ign = -100 if ignore_index is None else ignore_index
-    per = torch.stack([F.cross_entropy(o.float(), masks, ignore_index=ign) for o in outs])
+    w = weight.to(outs[0].device) if weight is not None else None
+    per = torch.stack([F.cross_entropy(o.float(), masks, weight=w, ignore_index=ign) for o in outs])
     return per.mean(), per.detach()
+
+
+def class_weights(data: SegDataset, mode: str = "none") -> Tensor | None:
+    """Per-class loss weights (K,) from the class frequencies f_c of ``data.masks`` (ignored pixels left out).
+
+    ``median``: median-frequency balancing, w_c = median(f) / f_c (Eigen & Fergus, ICCV 2015; SegNet);
+    ``sqrt-median``: its square root, a milder re-weighting; ``none``: None (plain cross-entropy).  A class
+    absent from the masks gets weight 1.
+    """
+    if mode not in CLASS_WEIGHTS:
+        raise TrustVisionError(f"--class-weights must be one of {', '.join(CLASS_WEIGHTS)}, got {mode!r}")
+    if mode == "none":
+        return None
+    m = data.masks[(data.masks >= 0) & (data.masks < data.num_classes)]
+    freq = torch.bincount(m, minlength=data.num_classes).double()
+    freq = freq / freq.sum().clamp_min(1)
+    present = freq > 0
+    w = torch.ones(data.num_classes, dtype=torch.float64)
+    w[present] = freq[present].median() / freq[present]
+    return (w.sqrt() if mode == "sqrt-median" else w).float()
 
 
 def _fingerprint(module: nn.Module, data: SegDataset, cfg: dict, leak: LeakPrior | None) -> str:
@@ -101,7 +125,7 @@ def _epoch(net: nn.Module, opt: torch.optim.Optimizer, data: SegDataset, priors:
         prior = priors[idx].to(dist.device) if priors is not None else None
         with autocast():
             outs = _forward(net, x, prior)
-        loss, per_round = segmentation_loss(outs, y, data.ignore_index)
+        loss, per_round = segmentation_loss(outs, y, data.ignore_index, cfg["weight"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -118,10 +142,21 @@ def _epoch(net: nn.Module, opt: torch.optim.Optimizer, data: SegDataset, priors:
     return out
 
 
+def _resume(ckpt: Path | None, fp: str, model: nn.Module, opt: torch.optim.Optimizer) -> tuple[list[dict], int]:
+    """(history, epochs done) from ``ckpt`` into ``model`` and ``opt``; ([], 0) without a checkpoint."""
+    if ckpt is None or not ckpt.exists():
+        return [], 0
+    if checkpoint.fingerprint_of(ckpt) != fp:
+        raise TrustVisionError(f"{ckpt} was written with other training settings; use another --out or --no-resume")
+    ck = checkpoint.load(ckpt, model, opt)
+    return ck.history, ck.epoch
+
+
 def train_segmenter(model: nn.Module, data: SegDataset, *, epochs: int = 10, batch_size: int = 16, lr: float = 3e-3,
                     seed: int = 0, device: str = "cpu", out: str | Path | None = None, resume: bool = True,
                     precision: str = "fp32", progress: Progress | None = None, leak: LeakPrior | None = None,
-                    weight_decay: float = 0.0, dist: Dist | None = None) -> SegTrainResult:
+                    weight_decay: float = 0.0, dist: Dist | None = None, class_weighting: str = "none"
+                    ) -> SegTrainResult:
     """Train ``model`` (UNet / FeedbackUNet, or any module with that calling convention) in place on ``data``.
 
     Args:
@@ -133,6 +168,7 @@ def train_segmenter(model: nn.Module, data: SegDataset, *, epochs: int = 10, bat
             the network) and ``history.json``; ``leak.safetensors`` when ``leak`` is given.
         resume: continue from ``out/checkpoint.safetensors`` when its settings match.
         precision: ``fp32`` or ``bf16`` (autocast).  leak: train with the annotation prior (see module doc).
+        class_weighting: ``none``, ``median`` or ``sqrt-median`` class weights of the loss (:func:`class_weights`).
     Returns:
         :class:`SegTrainResult` with the module in eval mode and per-epoch ``loss`` / ``loss_per_round``.
     """
@@ -146,16 +182,14 @@ def train_segmenter(model: nn.Module, data: SegDataset, *, epochs: int = 10, bat
     progress = progress if (progress is not None and dist.main) else Quiet()
     model.to(dist.device)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    weight = class_weights(data, class_weighting)
     cfg = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "precision": precision,
            "weight_decay": weight_decay}
+    if weight is not None:                        # (absent from older checkpoints' settings: they still resume)
+        cfg["class_weights"] = [class_weighting, [round(v, 6) for v in weight.tolist()]]
     fp = _fingerprint(model, data, cfg, leak)
     ckpt = Path(out) / "checkpoint.safetensors" if out is not None else None
-    history, start = [], 0
-    if resume and ckpt is not None and ckpt.exists():
-        if checkpoint.fingerprint_of(ckpt) != fp:
-            raise TrustVisionError(f"{ckpt} was written with other training settings; use another --out or --no-resume")
-        ck = checkpoint.load(ckpt, model, opt)
-        history, start = ck.history, ck.epoch
+    history, start = _resume(ckpt, fp, model, opt) if resume else ([], 0)
     priors = leak.to(dist.device).bank_prior() if leak is not None else None
     net = nn.parallel.DistributedDataParallel(model, device_ids=[dist.device] if dist.device.type == "cuda" else None) \
         if dist.active else model
@@ -164,7 +198,7 @@ def train_segmenter(model: nn.Module, data: SegDataset, *, epochs: int = 10, bat
     for epoch in range(start, epochs):
         t0 = time.perf_counter()
         advance = progress.task(f"segmenter epoch {epoch + 1}/{epochs}", steps)
-        row = _epoch(net, opt, data, priors, epoch, cfg, dist, epochs * steps, advance)
+        row = _epoch(net, opt, data, priors, epoch, {**cfg, "weight": weight}, dist, epochs * steps, advance)
         row["seconds"] = time.perf_counter() - t0
         history.append(row)
         if ckpt is not None and dist.main:

@@ -79,27 +79,44 @@ def train(data: SegDataOpt, out: OutOpt = Path("trustvision-segment"),
           depth: Annotated[int, typer.Option("--depth", help="U-Net down-sampling stages")] = 3,
           width: Annotated[int, typer.Option("--width", help="channels of the first stage")] = 16,
           precision: Annotated[str, typer.Option("--precision", help="fp32 | bf16")] = "fp32",
+          class_weights: Annotated[str, typer.Option("--class-weights", help="none | median | sqrt-median: "
+                                                     "loss weights against class imbalance")] = "none",
           eval_split: Annotated[str, typer.Option("--eval-split", help="split evaluated after training")] = "val",
           eps_linf: EpsOpt = DEFAULT_EPS, steps: StepsOpt = 10, n_attack: AttackNOpt = 32, size: SizeOpt = None,
           ignore_index: IgnoreOpt = 255, limit: LimitOpt = None, device: DeviceOpt = "cpu", seed: SeedOpt = 0,
           no_resume: NoResumeOpt = False) -> None:
     """Train a U-Net / Feedback U-Net (optionally with the annotation leak), then evaluate and attack it."""
+    from contextlib import nullcontext
+
     from ...progress import rich_progress
+    from ...scale.dist import init, shutdown
     from ...segmentation.leak import parse_leak
     from ...segmentation.run import fit_segmenter, run_segmentation
-    from ...segmentation.train import ARCHITECTURES
+    from ...segmentation.train import ARCHITECTURES, CLASS_WEIGHTS
     if model not in ARCHITECTURES:
         raise TrustVisionError(f"--model must be one of {', '.join(ARCHITECTURES)}, got {model!r}")
+    if class_weights not in CLASS_WEIGHTS:
+        raise TrustVisionError(f"--class-weights must be one of {', '.join(CLASS_WEIGHTS)}, got {class_weights!r}")
     cfg = _config(eps_linf, steps, n_attack, batch_size, seed)
     k = parse_leak(leak)
     train_set = _load(data, "train", size, ignore_index, seed, limit)
     eval_set = _load(data, eval_split, size, ignore_index, seed, limit)
-    console.print(f"training {model}{f' + leak knn:{k}' if k else ''} on {train_set.name}: {len(train_set)} images, "
-                  f"{train_set.num_classes} classes; evaluating on {eval_set.name} ({len(eval_set)} images)")
+    dist = init(device)                           # under torchrun: DDP training, then rank 0 evaluates alone
+    if dist.main:
+        console.print(f"training {model}{f' + leak knn:{k}' if k else ''} on {train_set.name}: {len(train_set)} "
+                      f"images, {train_set.num_classes} classes, {dist.world} process(es); evaluating on "
+                      f"{eval_set.name} ({len(eval_set)} images)")
+    try:
+        with rich_progress(console) if dist.main else nullcontext() as progress:
+            seg, history = fit_segmenter(model, train_set, out, rounds=rounds, leak_k=k, depth=depth, width=width,
+                                         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
+                                         precision=precision, resume=not no_resume, progress=progress,
+                                         class_weighting=class_weights)
+    finally:
+        shutdown()
+    if not dist.main:
+        return
     with rich_progress(console) as progress:
-        seg, history = fit_segmenter(model, train_set, out, rounds=rounds, leak_k=k, depth=depth, width=width,
-                                     epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
-                                     precision=precision, resume=not no_resume, progress=progress)
         results = run_segmentation({model: seg}, eval_set, cfg, out, data_spec=f"{data} ({eval_split})",
                                    resume=not no_resume, progress=progress, say=console.print,
                                    extra={"training": {model: history}})
