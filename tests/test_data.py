@@ -315,3 +315,22 @@ def test_decompression_bomb_is_one_line(tmp_path):
     warn = _png(tmp_path / "w" / "a" / "warn.png", 10000, 10000, 8, 0)   # above Pillow's warning level
     msg = error(lambda: load_dataset(str(tmp_path / "w"), max_pixels=None))
     assert str(warn) in msg and "decompression bomb" in msg
+
+
+# ------------------------------------------------------------------ .npz memory-mapped (issue 16)
+def test_npz_x_is_memory_mapped_when_stored_uncompressed(tmp_path):
+    from trustvision.data.npz import mapped
+    x = _rng(3).integers(0, 256, (7, 12, 10, 3), dtype=np.uint8)
+    plain, packed = tmp_path / "plain.npz", tmp_path / "packed.npz"
+    np.savez(plain, x=x, y=np.arange(7) % 2)
+    np.savez_compressed(packed, x=x, y=np.arange(7) % 2)
+    m = mapped(plain)
+    assert isinstance(m, np.memmap) and np.array_equal(m, x) and mapped(packed) is None
+    assert mapped(plain, "labels.npy") is None
+    a, b = load_dataset(str(plain)), load_dataset(str(packed))
+    assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y) and a.x.shape == (7, 3, 12, 10)
+    f = _rng(4).random((5, 1, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "f.npz", x=f, y=np.zeros(5, np.int64))
+    d = load_dataset(str(tmp_path / "f.npz"))
+    d.x[0] = 0.5                                   # an ordinary writable tensor, not the read-only map
+    assert torch.equal(d.x[1:], torch.from_numpy(f[1:]))

@@ -155,21 +155,30 @@ class OutputArgs:
 @dataclass(frozen=True)
 class DataArgs:
     """The images a command evaluates: a data spec (``--data``/``--eval``), optionally a seeded sample of ``n``;
-    images above ``max_pixels`` pixels (``--max-pixels``) are refused (or skipped with ``skip_bad``)."""
+    images above ``max_pixels`` pixels (``--max-pixels``) are refused (or skipped with ``skip_bad``).
+
+    ``workers``: DataLoader worker processes decoding a folder's sampled files (``--workers``; None: the
+    value given to the running command, else 0)."""
 
     spec: str
     n: int | None = None
     seed: int = 0
     max_pixels: int | None = MAX_PIXELS
     skip_bad: bool = False
+    workers: int | None = None
 
     def load(self, classifier: "Classifier") -> "Dataset":
         """Images (N, C, H, W) in [0, 1] fitted to ``classifier`` (size, channels, classes); ``n`` of them if set.
-        ``skip_bad`` (``--skip-bad-images``): unreadable files of a folder are skipped and listed in
-        ``info["skipped"]`` instead of aborting."""
+
+        A folder is listed lazily and only the ``n`` sampled files (seeded by ``seed``) are decoded, in
+        ``workers`` processes, into pinned memory for a CUDA model (``docs/data.md``).  ``skip_bad``
+        (``--skip-bad-images``): unreadable files are skipped, listed in ``info["skipped"]`` and replaced
+        by the next files of the same seeded draw, instead of aborting."""
         from ..data import load_dataset
         data = load_dataset(self.spec, size=classifier.input_size, max_pixels=self.max_pixels,
-                            skip_bad=self.skip_bad)
+                            skip_bad=self.skip_bad, lazy=True,
+                            workers=_WORKERS[0] if self.workers is None else self.workers,
+                            pin_memory=classifier.device.type == "cuda")
         return data.conform(classifier.channels, classifier.num_classes).sample(self.n, self.seed)
 
 
@@ -240,21 +249,41 @@ ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="CPU thread
 _expand_groups = option_groups
 
 
-def option_groups(command: Callable[..., Any]) -> Callable[..., Any]:   # noqa: F811 (adds --threads)
+def option_groups(command: Callable[..., Any]) -> Callable[..., Any]:   # noqa: F811 (adds --threads, --workers)
     """:func:`_expand_groups` plus a ``--threads`` option that calls :func:`trustvision.threads.configure_threads`
-    before the command runs (passive OpenMP waiting, fewer threads when the machine is busy)."""
+    before the command runs (passive OpenMP waiting, fewer threads when the machine is busy), and, for the
+    commands that read image data (they take ``--skip-bad-images``), ``--workers`` (:data:`WorkersOpt`)."""
     inner = _expand_groups(command)
     params = list(inspect.signature(inner).parameters.values())
-    if any(p.name == "threads" for p in params):
+    names = {p.name for p in params}
+    if "threads" in names:
         return inner
     params.append(inspect.Parameter("threads", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=ThreadsOpt))
+    reads_data = "skip_bad_images" in names and "workers" not in names
+    if reads_data:
+        params.append(inspect.Parameter("workers", inspect.Parameter.KEYWORD_ONLY, default=0, annotation=WorkersOpt))
 
     @wraps(inner)
     def run(**kwargs: Any) -> Any:
         from ..threads import configure_threads
         configure_threads(kwargs.pop("threads", None))
+        if reads_data:
+            set_workers(kwargs.pop("workers", 0))
         return inner(**kwargs)
 
     run.__signature__ = inspect.Signature(params)              # type: ignore[attr-defined]
     run.__annotations__ = {p.name: p.annotation for p in params}
     return run
+
+
+# ---------------------------------------------------------------- --workers (issue 16): commands that read images
+WorkersOpt = Annotated[int, typer.Option("--workers", help="DataLoader worker processes decoding image files "
+                                         "(0: decode in the main process, best on a few CPU cores)")]
+_WORKERS = [0]          # the running command's --workers, read by DataArgs.load when its workers is None
+
+
+def set_workers(n: int) -> None:
+    """Set the ``--workers`` of the running command (>= 0, else a one-line error naming the flag)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise TrustVisionError(f"--workers must be an integer >= 0, got {n!r}")
+    _WORKERS[0] = n

@@ -41,11 +41,14 @@ class Dataset:
             raise TrustVisionError(f"{self.origin}: images must be N,C,H,W, got {tuple(self.x.shape)}")
         if len(self.x) != len(self.y):
             raise TrustVisionError(f"{self.origin}: {len(self.x)} images but {len(self.y)} labels")
-        if not torch.isfinite(self.x).all():
+        if not self.x.numel():
+            return
+        lo, hi = torch.aminmax(self.x)         # NaN propagates; no N x C x H x W temporary (isfinite makes two)
+        if not bool(torch.isfinite(lo) & torch.isfinite(hi)):
             raise TrustVisionError(f"{self.origin}: images contain NaN or Inf")
-        if len(self.x) and (self.x.min() < 0 or self.x.max() > 1):
+        if lo < 0 or hi > 1:
             raise TrustVisionError(f"{self.origin}: pixel values must lie in [0, 1] "
-                                   f"(found {float(self.x.min()):.3g}..{float(self.x.max()):.3g})")
+                                   f"(found {float(lo):.3g}..{float(hi):.3g})")
 
     def __len__(self) -> int:
         return len(self.y)

@@ -19,10 +19,10 @@ from ..errors import TrustVisionError
 from .dataset import Dataset
 from .images import IMAGE_SUFFIXES, MAX_PIXELS, SCALE, read_image
 
-__all__ = ["load_folder"]
+__all__ = ["class_files", "load_folder", "to_tensor"]
 
 
-def _class_files(root: Path) -> tuple[list[str], list[list[Path]]]:
+def class_files(root: Path) -> tuple[list[str], list[list[Path]]]:
     """Class names (sorted) and each class's image files (sorted); empty class folders are an error."""
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith((".", "__")))
     if not classes:
@@ -36,13 +36,14 @@ def _class_files(root: Path) -> tuple[list[str], list[list[Path]]]:
     return classes, files
 
 
-def _to_tensor(a: np.ndarray, rgb: bool) -> Tensor:
+def to_tensor(a: np.ndarray, rgb: bool) -> Tensor:
     """(H, W) or (H, W, 3) stored pixels -> (C, H, W) float32 in [0, 1] (grey replicated when ``rgb``)."""
     a = np.repeat(a[..., None], 3, axis=2) if rgb and a.ndim == 2 else a
-    t = torch.from_numpy(np.ascontiguousarray(a)).float()
+    t = torch.from_numpy(np.ascontiguousarray(a))
+    t = t[None] if t.ndim == 2 else t.permute(2, 0, 1).contiguous()
+    t = t.float()                       # (C, H, W) contiguous, then scaled in place
     scale = SCALE[a.dtype.name]
-    t = t.div(scale) if scale != 1.0 else t
-    return t[None] if t.ndim == 2 else t.permute(2, 0, 1)
+    return t.div_(scale) if scale != 1.0 else t
 
 
 def load_folder(root: Path, size: tuple[int, int] | None = None, *,
@@ -56,7 +57,7 @@ def load_folder(root: Path, size: tuple[int, int] | None = None, *,
             are listed in ``info["skipped"]`` as ``{"path", "reason"}`` (an empty list when none was).
     """
     root = Path(root)
-    classes, files = _class_files(root)
+    classes, files = class_files(root)
     arrays, ys, paths, dtypes, skipped = [], [], [], set(), []
     for k, fs in enumerate(files):
         for f in fs:
@@ -77,7 +78,7 @@ def load_folder(root: Path, size: tuple[int, int] | None = None, *,
     rgb = not all(a.ndim == 2 for a in arrays)
     tensors: list[Tensor] = []
     for a, p in zip(arrays, paths):
-        t = _to_tensor(a, rgb)
+        t = to_tensor(a, rgb)
         target = size or (tuple(tensors[0].shape[-2:]) if tensors else None)
         if target and tuple(t.shape[-2:]) != tuple(target):
             if size is None:

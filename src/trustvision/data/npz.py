@@ -11,9 +11,16 @@ Accepted layouts of ``x`` — a layout is taken only when the shape leaves no do
 
 Pixel types: ``uint8`` (/255), ``uint16`` (/65535), float in [0, 1] (kept).  The source dtype is recorded in
 ``Dataset.info["source_dtype"]``.  Every refusal is one line naming the file and the array (``x``, ``y``).
+
+``x`` is memory-mapped when the archive stores it uncompressed (``numpy.savez``; :func:`mapped`): the
+stored pixels are then read from the page cache as they are converted, never copied whole into memory;
+the float32 pixels of the :class:`Dataset` (N x C x H x W x 4 bytes) are.  ``savez_compressed`` archives
+are decompressed into memory first.
 """
 from __future__ import annotations
 
+import struct
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -30,7 +37,7 @@ MAX_ASPECT = 8
 ACCEPTED = (f"(N,H,W) grey with H,W >= {MIN_SIDE} and aspect within {MAX_ASPECT}:1, "
             f"(N,C,H,W) or (N,H,W,C) with C in {{1, 3}} on exactly one of axes 1 and 3 and H,W >= {MIN_SIDE}")
 
-__all__ = ["ACCEPTED", "MAX_ASPECT", "MIN_SIDE", "layout", "load_npz"]
+__all__ = ["ACCEPTED", "MAX_ASPECT", "MIN_SIDE", "layout", "load_npz", "mapped"]
 
 
 def layout(shape: tuple[int, ...]) -> str | None:
@@ -52,10 +59,13 @@ def _pixels(x: np.ndarray, where: str) -> Tensor:
     """``x`` (N, C, H, W) uint8 / uint16 / float -> float32 tensor in [0, 1]."""
     if x.dtype.kind == "u" and x.dtype.itemsize in (1, 2):        # any byte order
         x = np.ascontiguousarray(x, dtype=np.uint8 if x.dtype.itemsize == 1 else np.uint16)
-        return torch.from_numpy(x).float() / SCALE[x.dtype.name]
+        with warnings.catch_warnings():           # a read-only memory map: .float() below copies it
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.from_numpy(x).float() / SCALE[x.dtype.name]
     if not np.issubdtype(x.dtype, np.floating):
         raise TrustVisionError(f"{where}: x must be uint8, uint16 or float in [0, 1], got {x.dtype}")
-    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    t = torch.from_numpy(x if x.flags.writeable else np.array(x))  # never a tensor on a read-only map
     if not torch.isfinite(t).all():
         raise TrustVisionError(f"{where}: x contains NaN or Inf")
     if t.numel() and (t.min() < 0 or t.max() > 1):
@@ -84,8 +94,44 @@ def _labels_from(y: np.ndarray, where: str) -> Tensor:
     return torch.from_numpy(y.astype(np.int64))
 
 
+def mapped(path: Path, member: str = "x.npy") -> np.memmap | None:
+    """``member`` of the ``.npz`` at ``path`` memory-mapped read-only, or None when it cannot be.
+
+    ``np.load(..., mmap_mode="r")`` maps plain ``.npy`` files only; an ``.npz`` member can be mapped when it is
+    stored uncompressed (``numpy.savez``, not ``savez_compressed``): its bytes then lie in the archive at
+    the member's local header offset + 30 + name and extra lengths, followed by an ordinary ``.npy`` header.
+    Compressed members, object arrays and anything unexpected return None (read into memory instead).
+    """
+    with zipfile.ZipFile(path) as zf:
+        try:
+            info = zf.getinfo(member)
+        except KeyError:
+            return None
+    if info.compress_type != zipfile.ZIP_STORED:
+        return None
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        head = f.read(30)
+        if len(head) < 30 or head[:4] != b"PK\x03\x04":
+            return None
+        name_len, extra_len = struct.unpack("<HH", head[26:30])
+        f.seek(info.header_offset + 30 + name_len + extra_len)
+        try:
+            major, _ = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read(f)
+        except ValueError:
+            return None
+        offset = f.tell()
+    if dtype.hasobject or offset + dtype.itemsize * int(np.prod(shape)) > info.header_offset + 30 + name_len \
+            + extra_len + info.file_size:
+        return None
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
+
+
 def _read(path: Path) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
-    """The arrays ``x``, ``y`` and the optional ``labels`` of an ``.npz`` (no pickle)."""
+    """The arrays ``x`` (memory-mapped when stored uncompressed: :func:`mapped`), ``y`` and the optional
+    ``labels`` of an ``.npz`` (no pickle)."""
     if not zipfile.is_zipfile(path):
         raise TrustVisionError(f"{path}: not an .npz archive (save it with numpy.savez(path, x=..., y=...))")
     try:
@@ -94,7 +140,8 @@ def _read(path: Path) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
             if missing:
                 raise TrustVisionError(f"{path}: missing array(s) {sorted(missing)} (found {z.files})")
             names = [str(s) for s in z["labels"]] if "labels" in z.files else None
-            return z["x"], z["y"], names
+            x = mapped(path)
+            return (z["x"] if x is None else x), z["y"], names
     except TrustVisionError:
         raise
     except ValueError as e:   # object arrays need pickle: refuse

@@ -61,26 +61,36 @@ def audit(model: ModelArgs, data: DataOpt, out: OutOpt = Path("trustvision-out")
     try:
         if dist.active:
             model = replace(model, device=str(dist.device))
-        loaded, error = None, None
-        try:                                   # a rank that cannot load fails every rank (no hang), exit 2
-            loaded = _load(model, defense, DataArgs(data, max_pixels=max_pixels, skip_bad=skip_bad_images))
-        except TrustVisionError as e:
-            error = e
-        dist.raise_together(error)
-        code = run_audit(*loaded, cfg, out, data, trust_code=model.trust_code, output=output)
+        classifier = _together(dist, lambda: _model(model, defense))   # a rank that fails fails every rank
+        dataset = _together(dist, lambda: DataArgs(data, n=cfg.n_images, seed=cfg.seed, max_pixels=max_pixels,
+                                                   skip_bad=skip_bad_images).load(classifier))
+        code = run_audit(classifier, dataset, cfg, out, data, trust_code=model.trust_code, output=output)
     finally:
         shutdown()
     raise typer.Exit(code)
 
 
-def _load(model: ModelArgs, defense: str | None, data: DataArgs):
-    """``(classifier, dataset)``: the model (behind ``--defense`` if given) and the data fitted to it
-    (sampled by the audit, not here)."""
+def _together(dist, load):
+    """``load()``'s value; its TrustVisionError raised on every rank (exit 2, no hang).  The model and the data
+    are agreed on one after the other: decoding the data is itself collective under torchrun, so a rank whose
+    model failed must not enter it while the others do."""
+    value, error = None, None
+    try:
+        value = load()
+    except TrustVisionError as e:
+        error = e
+    dist.raise_together(error)
+    return value
+
+
+def _model(model: ModelArgs, defense: str | None):
+    """The classifier, behind ``--defense`` if given.  The data is then fitted to it and sampled at load time
+    (a folder decodes only the sampled files; the audit's own sampling is then a no-op)."""
     classifier = model.load()
     if defense:
         from ...defenses.transforms import defend
         classifier = defend(classifier, defense)
-    return classifier, data.load(classifier)
+    return classifier
 
 
 def audit_config(toml: Path | None, *, batch_size: int | None, n: int | None, seed: int | None, resume: bool,
