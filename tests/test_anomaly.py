@@ -12,10 +12,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from browser import render_and_probe
+
 from trustvision.anomaly.attack import DetectorPGD, attack_curves, operating_threshold
 from trustvision.anomaly.backbone import DEMO_LAYERS, Backbone, load_backbone
 from trustvision.anomaly.base import load_detector, save_detector
 from trustvision.anomaly.patchcore import PatchCore, greedy_coreset, nearest
+from trustvision.anomaly.run import run_anomaly
+from trustvision.anomaly.section import AnomalyConfig, fit_or_load
+from trustvision.anomaly.textures import make_textures
 from trustvision.cli.app import app
 from trustvision.errors import TrustVisionError
 from trustvision.models.zoo.paper import resnet
@@ -145,6 +150,9 @@ def test_backbone_bad_input(tmp_path):
     (["--data", "bundled:textures", "--eps-linf", "a,b"], "--eps-linf"),
     (["--data", "bundled:textures", "--method", "patchcore", "--backbone", "torchvision:resnet18",
       "--backbone-weights", "/nonexistent/w.safetensors"], "no such file"),
+    (["bogus"], "anomaly 'bogus'"),
+    ([], "--data"),
+    (["demo", "--data", "/nonexistent/mvtec"], "conflicts with 'demo'"),
 ])
 def test_cli_bad_input_one_line_exit_2(tmp_path, args, match):
     res = CliRunner().invoke(app, ["anomaly", "--out", str(tmp_path / "o"), *args])
@@ -172,3 +180,57 @@ def test_cli_end_to_end_and_resume(tmp_path):
     assert "anomaly" in html.lower() and "synthetic" in html and html.count("data:image/png") >= 4
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0 and "resumed section 'anomaly'" in again.output
+
+
+@pytest.fixture
+def small_siamese(monkeypatch):
+    """The section's own detectors, with a Siamese stage small enough for a test (5 triplet steps, 16 px crops):
+    the saving, fingerprinting and reloading code under test is unchanged."""
+    import trustvision.anomaly.section as section
+    build = section.build_detector
+
+    def small(method, cfg, backbone=None):
+        det = build(method, cfg, backbone)
+        if method == "vae+siamese":
+            det.steps, det.crop, det.radius, det.bank_stride, det.percentile = 5, 16, 8, 8, 95.0
+        if method.startswith("vae"):
+            getattr(det, "vae", det).width = 8
+        return det
+    monkeypatch.setattr(section, "build_detector", small)
+    return make_textures(textures=("brick",), size=32, n_train=20, n_test_good=3, n_test_defect=2, seed=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["vae", "vae+siamese"])
+def test_trained_vae_models_are_saved_and_reused_on_a_rerun(small_siamese, tmp_path, method):
+    data, cfg = small_siamese, AnomalyConfig(methods=[method], epochs=1)
+    first, info = fit_or_load(method, cfg, data.train, tmp_path)
+    assert not info["reused"] and info["path"].endswith(".safetensors") and (tmp_path / info["path"]).exists()
+    again, info2 = fit_or_load(method, cfg, data.train, tmp_path)        # a load error would silently refit
+    assert info2 == {"path": info["path"], "reused": True, "fit_seconds": 0.0}
+    a, b = first.score(data.test), again.score(data.test)
+    assert torch.equal(a.maps, b.maps) and torch.equal(a.scores, b.scores)
+    if method == "vae+siamese":
+        assert (again.pixel_threshold, again.region_threshold) == (first.pixel_threshold, first.region_threshold)
+        assert torch.equal(a.extras["kept_labels"], b.extras["kept_labels"])
+    _, fresh = fit_or_load(method, cfg, data.train, tmp_path, resume=False)    # --no-resume retrains
+    assert not fresh["reused"]
+    _, other = fit_or_load(method, AnomalyConfig(methods=[method], epochs=2), data.train, tmp_path)
+    assert not other["reused"] and other["path"] != info["path"]            # other settings: another file
+    (tmp_path / info["path"]).write_bytes(b"not safetensors")
+    _, broken = fit_or_load(method, cfg, data.train, tmp_path)               # unreadable: refit, not crash
+    assert not broken["reused"]
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_anomaly_report_renders_in_chromium(small_siamese, tmp_path):
+    """Every figure of a vae+siamese and patchcore run decodes in headless chromium: map overlays, ROC curves,
+    score histograms, attack curves and the kept-vs-removed regions."""
+    cfg = AnomalyConfig(methods=["vae+siamese", "patchcore"], epochs=1, backbone="trustvision:resnet",
+                        eps=[0.0, 4 / 255], attack_steps=2)
+    results = run_anomaly(small_siamese, tmp_path, cfg)
+    figs = [f["title"] for f in results["sections"]["anomaly"]["figures"]]
+    assert any(t.startswith("Candidate regions kept vs removed") for t in figs) and len(figs) == 5
+    probe = render_and_probe(tmp_path / "report.html", expected_images=len(figs))
+    assert "synthetic" in probe.dom and "Attacking the inspector" in probe.dom

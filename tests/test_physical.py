@@ -120,20 +120,26 @@ def test_eot_view_is_the_expectation(mnist_clf, mnist_batch):
 @pytest.mark.slow
 def test_eot_pgd_beats_naive_pgd_under_fresh_transforms(mnist_clf, mnist_batch):
     """Behind the resize-pad defence, judged under freshly drawn rotations (a camera the attack never saw): PGD
-    through EOT over ``rotate:20`` leaves fewer digits correct than naive PGD on the defended model.
+    through EOT over ``rotate:30`` leaves fewer digits correct than naive PGD on the defended model.
 
-    Measured (48 digits x 8 fresh draws, eps 0.2, 20 steps): naive 0.216, EOT(k=16) 0.161.  The gap is smaller than
-    on the undefended model (0.26 vs 0.12, docs/physical.md): the defence's own random shrink and shift, which naive
-    PGD differentiates through, already make its examples somewhat robust to geometric change."""
-    x, y = mnist_batch[0][:48], mnist_batch[1][:48]
+    Power: with ``rotate:20`` on 48 digits the paired per-digit gap was 0.055 with a standard error of 0.026
+    (z = 2.1): too weak.  More EOT samples (k = 32: 0.060) did not help; more digits and a wider rotation did:
+    ``rotate:30`` measured 0.091 +- 0.011 on 128 digits (z = 7.9) and, in this test (the 64 digits of
+    ``mnist_batch``): naive 0.217, EOT 0.145, gap 0.072 +- 0.019 (z = 3.8; printed with ``-s``).  It asserts 0.04,
+    1.7 standard errors below the measurement and 2.1 above a zero gap.  The gap is smaller than on the undefended model (docs/physical.md): naive PGD
+    differentiates through the defence's own random shrink and shift at every step (a one-sample EOT over it)."""
+    x, y = mnist_batch
     defended = DefendedClassifier(mnist_clf, RandomResizePad(0.8, seed=0))
     judge = DefendedClassifier(mnist_clf, RandomResizePad(0.8, seed=99))          # fresh defence draws too
     pgd = PGD(eps=0.2, steps=20, seed=0)
     naive = pgd(defended, x, y).x_adv
-    eot = pgd(EOT("rotate:20", 16, seed=1)(defended), x, y).x_adv
-    acc_naive = float(transformed_accuracy(judge, "rotate:20", naive, y, draws=8, seed=5).mean())
-    acc_eot = float(transformed_accuracy(judge, "rotate:20", eot, y, draws=8, seed=5).mean())
-    assert acc_eot <= acc_naive - 0.03, (acc_naive, acc_eot)
+    eot = pgd(EOT("rotate:30", 16, seed=1)(defended), x, y).x_adv
+    acc_naive = transformed_accuracy(judge, "rotate:30", naive, y, draws=8, seed=5)
+    acc_eot = transformed_accuracy(judge, "rotate:30", eot, y, draws=8, seed=5)
+    gap = acc_naive - acc_eot
+    print(f"naive {float(acc_naive.mean()):.3f} eot {float(acc_eot.mean()):.3f} gap {float(gap.mean()):.3f} "
+          f"se {float(gap.std() / len(gap) ** 0.5):.3f}")
+    assert float(gap.mean()) >= 0.04, (float(acc_naive.mean()), float(acc_eot.mean()))
 
 
 # ------------------------------------------------------------------------------------------- corruptions
@@ -254,3 +260,28 @@ def test_robustness_section_reports_under_transformation(mnist_clf, mnist_test, 
     assert evaluate_gates(["robust_accuracy_eot_linf@0.1=0"], summary)[0]["passed"]
     with pytest.raises(TrustVisionError, match="--eot"):
         RobustnessConfig(eot="spin:3")
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_physical_figures_render_in_the_audit_report(mnist_clf, mnist_test, tmp_path):
+    """One audit with the EOT pass, the patch and the corruptions sections: every figure decodes in headless
+    chromium (the patch, patched examples, success vs area and strength, the digital-vs-transformed curve, the
+    corruption heat-map and the image grid) and the EOT table is on the page."""
+    from browser import render_and_probe
+    from trustvision.auditor import AuditConfig, audit
+    cfg = AuditConfig(sections=["clean", "robustness", "patch", "corruptions"], n_images=40, seed=0,
+                      robustness={"attacks": ["fgsm"], "eps_linf": [0.1], "eps_l2": [], "checks": False,
+                                  "adaptive": "off", "eot": "rotate:15", "eot_samples": 2, "eot_draws": 2},
+                      patch={"target": 3, "area": 0.1, "areas": [0.05, 0.1], "strengths": [0, 1], "steps": 4,
+                             "batch_size": 8, "draws": 2},
+                      corruptions={"corruptions": ["gaussian_noise", "contrast", "pixelate"], "severities": [1, 3, 5]})
+    results = audit(mnist_clf, mnist_test.subset(range(60)), cfg, tmp_path)
+    titles = [f["title"] for sec in results["sections"].values() for f in sec.get("figures", [])]
+    for want in ("The patch", "Patched held-out images", "Success vs area", "Accuracy under common corruptions",
+                 "One image at every corruption and severity"):
+        assert want in titles, titles
+    assert any("transformation" in t.lower() or "eot" in t.lower() for t in titles), titles
+    probe = render_and_probe(tmp_path / "report.html", expected_images=None)
+    assert probe.images_total >= len(titles), (probe.images_total, titles)
+    assert "Digital vs under transformation" in probe.dom

@@ -4,7 +4,7 @@ Fits the chosen methods (VAE, VAE + Siamese re-judgment, PatchCore) on ``train/g
 evaluates (image/pixel AUROC, AUPRO, F1-max, per defect type), attacks the inspector (PGD: missed defects and
 false alarms against the budget) and writes ``OUT/results.json`` + ``OUT/report.html``; trained models are
 saved in ``OUT/models`` and reused on a rerun.  ``--data bundled:textures`` (or ``--data demo``) is the offline
-demo.  Exit codes: 0 ok, 2 bad input.  See ``docs/anomaly.md``.
+demo (also ``trustvision anomaly demo``).  Exit codes: 0 ok, 2 bad input.  See ``docs/anomaly.md``.
 """
 from __future__ import annotations
 
@@ -18,8 +18,11 @@ from ..console import console, print_summary
 from ..options import BatchOpt, DeviceOpt, NoResumeOpt, OutOpt, SeedOpt
 
 
-def anomaly(data: Annotated[str, typer.Option("--data", "-d", help="MVTec AD folder (train/good, test/<defect>, "
-                                             "ground_truth/<defect>) | bundled:textures | demo")],
+def anomaly(what: Annotated[Optional[str], typer.Argument(help="demo: the offline synthetic demo "
+                                                             "(same as --data bundled:textures)")] = None,
+            data: Annotated[Optional[str], typer.Option("--data", "-d", help="MVTec AD folder (train/good, "
+                                                       "test/<defect>, ground_truth/<defect>) | bundled:textures | "
+                                                       "demo")] = None,
             out: OutOpt = Path("trustvision-anomaly"),
             method: Annotated[str, typer.Option(help="vae | vae+siamese | patchcore | all (or a comma list)")] = "all",
             epochs: Annotated[Optional[int], typer.Option(help="VAE / Siamese training epochs (default: theirs)")] = None,
@@ -38,7 +41,14 @@ def anomaly(data: Annotated[str, typer.Option("--data", "-d", help="MVTec AD fol
     from ...anomaly.run import run_anomaly
     from ...anomaly.section import AnomalyConfig
     from ...progress import rich_progress
-    spec = "bundled:textures" if data == "demo" else data
+    from ...errors import TrustVisionError
+    if what not in (None, "demo"):
+        raise TrustVisionError(f"trustvision anomaly {what!r}: the only argument is 'demo'; give a folder with --data")
+    if what == "demo" and data not in (None, "demo", "bundled:textures"):
+        raise TrustVisionError(f"trustvision anomaly demo: --data {data!r} conflicts with 'demo'")
+    if what is None and data is None:
+        raise TrustVisionError("--data: give an MVTec AD folder or bundled:textures (or run 'trustvision anomaly demo')")
+    spec = "bundled:textures" if what == "demo" or data in (None, "demo") else data
     cfg = AnomalyConfig(methods=method, epochs=epochs, backbone=backbone, backbone_weights=backbone_weights,
                         patchcore_preset=patchcore_preset, eps=parse_numbers(eps_linf, "--eps-linf") or [0.0],
                         attack_steps=attack_steps, batch_size=batch_size, seed=seed, device=device)
