@@ -1,4 +1,4 @@
-"""Benchmark: ``trustvision demo`` wall time, cold, alone and beside CPU-burning processes, threads before/after.
+"""Benchmark: ``trustvision demo`` wall and CPU time, cold, alone and beside CPU-burning processes.
 
 Issue 19: on a busy 2-core machine the demo took 19-27 minutes instead of about one: torch's OpenMP team
 of one thread per core spins and waits at every operator's barrier for a partner the scheduler has
@@ -11,12 +11,22 @@ scenario, each with a fresh model cache (cold: the demo trains its CNN) and a fr
 * ``alone`` / ``busy``: without / with ``--burners`` processes running ``while True: pass`` (started
   before the demo, killed after it).
 
-A run that exceeds ``--timeout`` seconds is stopped and reported as "> timeout".  One run per
-scenario; the machine's load average at each start is recorded (shared machines are noisy).
+Each scenario runs once per demo setting of ``--settings``: ``quick`` (the default since issue 19: CW with 3
+binary-search steps from c = 0.1, the convergence check's PGD at 2x steps and 2 restarts) and ``thorough``
+(``trustvision demo --thorough``: the former 5 steps from c = 1e-3, 5x steps and 3 restarts); the robust
+accuracies, verdict and soundness flags of each run are printed beside its times, so that the two settings'
+conclusions can be compared.  ``--threads N`` pins every run's torch threads (``--threads 1`` makes CPU
+seconds comparable on a shared machine; it overrides the before/after thread choice).
+
+Wall seconds measure the machine as much as the demo when other jobs run; CPU seconds (user + system of
+the demo process, ``getrusage(RUSAGE_CHILDREN)``) much less so.  A run that exceeds ``--timeout`` seconds is
+stopped and reported as "> timeout".  The machine's load average at each start is recorded.  Rows of an
+earlier run of the same day and device are kept unless the same (scenario, settings) ran again.
 
     python bench/demo.py                                   # all four scenarios, demo --n 200
     python bench/demo.py --n 50 --scenarios busy-before,busy-after --timeout 900
-    python bench/demo.py --scenarios alone-after           # the README's "demo in about a minute" figure
+    python bench/demo.py --scenarios alone-after --settings quick      # the README's demo time
+    python bench/demo.py --scenarios alone-after --settings quick,thorough --threads 1   # CPU s, conclusions
     python bench/demo.py --device cuda --scenarios alone-after    # on a GPU machine
 
 Writes ``bench/results/demo-<YYYY-MM-DD>-<device>.md`` and ``.json``.
@@ -25,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import resource
 import signal
@@ -48,16 +59,33 @@ def _child_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def run_demo(scenario: str, args, cores: int) -> dict:
-    """One cold demo run in ``scenario`` (``alone-before`` ... ``busy-after``): wall seconds and exit status."""
+def conclusions(out: Path) -> dict:
+    """What a reader of the demo concludes, from ``out/results.json``: verdict, flags, clean and worst-case accuracy."""
+    try:
+        r = json.loads((out / "results.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    rob = r["sections"]["robustness"]
+    worst = rob["metrics"]["worst_case_robust_accuracy"]
+    return {"verdict": (r.get("headline") or {}).get("verdict") or r.get("verdict"),
+            "flags": sorted(f["id"] for f in rob.get("flags", [])),
+            "clean": rob["metrics"]["clean_accuracy"],
+            "worst": {norm: [round(v, 3) for e, v in sorted(c.items(), key=lambda kv: float(kv[0])) if float(e) > 0]
+                      for norm, c in worst.items()}}
+
+
+def run_demo(scenario: str, settings: str, args, cores: int) -> dict:
+    """One cold demo run in ``scenario`` (``alone-before`` ... ``busy-after``) with ``settings`` (quick, thorough)."""
     place, when = scenario.split("-")
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "TRUSTVISION_THREADS")}
     with tempfile.TemporaryDirectory(prefix="tv-demo-bench-") as tmp:
         env["TRUSTVISION_CACHE"] = str(Path(tmp) / "cache")                    # cold: the CNN is trained
-        cmd = [sys.executable, "-m", "trustvision", "demo", "--out", str(Path(tmp) / "out"), "--n", str(args.n),
-               "--device", args.device]
-        if when == "before":
-            cmd += ["--threads", str(cores)]
+        out = Path(tmp) / "out"
+        cmd = [sys.executable, "-m", "trustvision", "demo", "--out", str(out), "--n", str(args.n),
+               "--device", args.device] + (["--thorough"] if settings == "thorough" else [])
+        threads = args.threads if args.threads else (cores if when == "before" else None)
+        if threads:
+            cmd += ["--threads", str(threads)]
         burners = [subprocess.Popen([sys.executable, "-c", BURN]) for _ in range(args.burners if place == "busy" else 0)]
         try:
             time.sleep(1.0 if burners else 0.0)
@@ -72,13 +100,41 @@ def run_demo(scenario: str, args, cores: int) -> dict:
             for b in burners:
                 b.kill()
                 b.wait()
-    row = {"scenario": scenario, "n": args.n, "burners": len(burners), "seconds": secs, "cpu_seconds": cpu, "timed_out": rc is None,
-           "exit_code": rc, "load_average_at_start": load, "threads_flag": cores if when == "before" else "default"}
+        seen = conclusions(out)
+    row = {"scenario": scenario, "settings": settings, "n": args.n, "burners": len(burners), "seconds": secs,
+           "cpu_seconds": cpu, "timed_out": rc is None, "exit_code": rc, "load_average_at_start": load,
+           "threads_flag": threads or "default", "command": " ".join(["trustvision"] + cmd[3:]), **seen}
     shown = f"> {args.timeout}" if rc is None else f"{secs:.1f}"
-    print(f"{scenario:13s} {shown:>8s} s  cpu {cpu:.1f} s  exit {rc}  load {load}", flush=True)
+    print(f"{scenario:13s} {settings:9s} {shown:>8s} s  cpu {cpu:.1f} s  exit {rc}  load {load}  {seen}", flush=True)
     if rc not in (0, 1, None):
         print(tail, file=sys.stderr)
     return row
+
+
+def _merged(path: Path, rows: list[dict]) -> list[dict]:
+    """``rows`` plus the rows of an earlier result file ``path`` whose (scenario, settings) did not run again."""
+    try:
+        old = json.loads(path.read_text())["results"]
+    except (OSError, ValueError, KeyError):
+        return rows
+    new = {(r["scenario"], r["settings"]) for r in rows}
+    return [r for r in old if (r["scenario"], r.get("settings", "thorough")) not in new] + rows
+
+
+def _table(rows: list[dict], timeout: float) -> list[str]:
+    lines = ["| scenario | settings | demo --n | burners | threads | load average at start | wall seconds | "
+             "demo CPU seconds | exit | verdict | flags | clean | worst case L∞ / L2 |",
+             "|---|---|---:|---:|---|---:|---:|---:|---:|---|---|---:|---|"]
+    for r in rows:
+        worst = r.get("worst") or {}
+        cpu = r.get("cpu_seconds")
+        lines.append(
+            f"| {r['scenario']} | {r.get('settings', 'thorough')} | {r['n']} | {r['burners']} | {r['threads_flag']} | "
+            f"{r['load_average_at_start']} | {'> %g' % timeout if r['timed_out'] else '%.1f' % r['seconds']} | "
+            f"{'–' if cpu is None else '%.1f' % cpu} | {r['exit_code']} | {r.get('verdict', '–')} | "
+            f"{', '.join(r.get('flags') or []) or '–'} | {r.get('clean', '–')} | "
+            f"{worst.get('linf', '–')} / {worst.get('l2', '–')} |")
+    return lines
 
 
 def main() -> None:
@@ -87,6 +143,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--burners", type=int, default=2, help="CPU-burning processes in the busy scenarios")
     ap.add_argument("--scenarios", default="alone-before,alone-after,busy-before,busy-after")
+    ap.add_argument("--settings", default="quick", help="comma list: quick (the demo's default), thorough (--thorough)")
+    ap.add_argument("--threads", type=int, default=None, help="pin every run to N torch threads (CPU-time comparisons)")
     ap.add_argument("--timeout", type=float, default=1800.0)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args()
@@ -95,19 +153,22 @@ def main() -> None:
     meta = {"date": dt.date.today().isoformat(), "device": str(device), "device_name": device_name(device),
             "cores": cores, "load_average": load_average(), "torch": torch.__version__, "n": args.n,
             "burners": args.burners, "timeout_s": args.timeout}
-    rows = [run_demo(s.strip(), args, cores) for s in args.scenarios.split(",")]
-    lines = ["| scenario | demo --n | burners | threads | load average at start | wall seconds | demo CPU seconds | exit |",
-             "|---|---:|---:|---|---:|---:|---:|---:|"]
-    lines += [f"| {r['scenario']} | {r['n']} | {r['burners']} | {r['threads_flag']} | {r['load_average_at_start']} | "
-              f"{'> %g' % args.timeout if r['timed_out'] else '%.1f' % r['seconds']} | {r['cpu_seconds']:.1f} | "
-              f"{r['exit_code']} |" for r in rows]
-    md = (f"# trustvision demo wall time {meta['date']}\n\n- device: {meta['device_name']} ({device}, {cores} physical "
-          f"cores available, load average {meta['load_average']} at start: a shared machine); torch {meta['torch']}\n"
-          f"- command: `python bench/demo.py --n {args.n} --scenarios {args.scenarios}`; each run cold (fresh "
-          "TRUSTVISION_CACHE: the demo CNN is trained) with a fresh --out; one run per scenario\n"
+    rows = [run_demo(s.strip(), k.strip(), args, cores) for s in args.scenarios.split(",")
+            for k in args.settings.split(",")]
+    slug = "cpu" if device.type == "cpu" else None
+    rows = _merged(args.out / f"demo-{meta['date']}-{slug}.json", rows) if slug else rows
+    md = (f"# trustvision demo wall and CPU time {meta['date']}\n\n- device: {meta['device_name']} ({device}, {cores} "
+          f"physical cores available, load average {meta['load_average']} at the last run's start: a shared machine); "
+          f"torch {meta['torch']}\n"
+          f"- last command: `python bench/demo.py --n {args.n} --scenarios {args.scenarios} --settings {args.settings}"
+          f"{' --threads %d' % args.threads if args.threads else ''}`; each row's demo command is in the .json; "
+          "each run cold (fresh TRUSTVISION_CACHE: the demo CNN is trained) with a fresh --out; one run per row\n"
           f"- before: `--threads {cores}` (torch's default, no OMP_WAIT_POLICY); after: the default "
           "(`configure_threads`: idle physical cores, passive waiting); busy: beside "
-          f"{args.burners} × `python -c \"{BURN}\"`\n\n" + "\n".join(lines) + "\n")
+          f"{args.burners} × `python -c \"{BURN}\"`; settings: quick (default) or thorough (`--thorough`); rows "
+          "without a settings column value ran before the quick settings existed (thorough)\n"
+          "- demo CPU seconds: user + system of the demo process; on a shared machine they are the comparable "
+          "figure, wall seconds are not\n\n" + "\n".join(_table(rows, args.timeout)) + "\n")
     write_results(args.out, "demo", meta, device, md, rows)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -25,17 +26,23 @@ START, END = "<!-- demo-output:start -->", "<!-- demo-output:end -->"
 PROGRESS = re.compile(r"^\[\s*[0-9.]+s\] ")
 
 
-def run(cmd: list[str], env: dict, cwd: Path) -> tuple[str, float, int]:
-    """Run ``cmd``; return (stdout, wall seconds, exit code)."""
-    t0 = time.perf_counter()
+def _child_cpu() -> float:
+    """User + system CPU seconds of this process's finished children."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def run(cmd: list[str], env: dict, cwd: Path) -> tuple[str, float, float]:
+    """Run ``cmd``; return (stdout, wall seconds, CPU seconds: user + system of the child)."""
+    t0, cpu0 = time.perf_counter(), _child_cpu()
     r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    took = time.perf_counter() - t0
+    took, cpu = time.perf_counter() - t0, _child_cpu() - cpu0
     if r.returncode not in (0, 1):
         sys.exit(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
-    return r.stdout, took, r.returncode
+    return r.stdout, took, cpu
 
 
-def block(stdout: str, cache: str, demo_s: float, api_s: float, fresh: bool) -> str:
+def block(stdout: str, cache: str, demo_s: float, demo_cpu: float, api_s: float, fresh: bool) -> str:
     """The README block: the demo's output (without progress lines) and the measured timings."""
     shown = [ln.rstrip() for ln in stdout.splitlines() if not PROGRESS.match(ln)]
     text = "\n".join(shown).replace(cache, "~/.cache/trustvision")
@@ -46,7 +53,8 @@ def block(stdout: str, cache: str, demo_s: float, api_s: float, fresh: bool) -> 
     run_kind = "first run: trains the CNN, then audits it" if fresh else "model reused from the cache"
     return (f"{START}\n```\n{text.strip()}\n```\n\n"
             f"Measured by `python examples/readme_output.py{'' if fresh else ' --reuse'}` on {cores} CPU cores "
-            f"(OMP_NUM_THREADS={threads}, 1-minute load average {load:.1f} at the end), CPU only: `trustvision demo` took {demo_s:.0f} s ({run_kind}); "
+            f"(OMP_NUM_THREADS={threads}, 1-minute load average {load:.1f} at the end), CPU only: `trustvision demo` took {demo_s:.0f} s "
+            f"({run_kind}; {demo_cpu:.0f} CPU seconds); "
             f"`python examples/python_api.py` took {api_s:.0f} s afterwards (model reused). Progress lines "
             f"(one per step when stdout is not a terminal, bars when it is) are left out above.\n{END}")
 
@@ -61,10 +69,10 @@ def main() -> None:
         if not args.reuse:
             env["TRUSTVISION_CACHE"] = str(Path(tmp) / "cache")
         cache = env.get("TRUSTVISION_CACHE", str(Path.home() / ".cache" / "trustvision"))
-        demo_out, demo_s, _ = run([sys.executable, "-m", "trustvision", "demo", "--out", "trustvision-demo"], env,
+        demo_out, demo_s, demo_cpu = run([sys.executable, "-m", "trustvision", "demo", "--out", "trustvision-demo"], env,
                                   Path(tmp))
         _, api_s, _ = run([sys.executable, str(ROOT / "examples" / "python_api.py")], env, Path(tmp))
-    new = block(demo_out, cache, demo_s, api_s, not args.reuse)
+    new = block(demo_out, cache, demo_s, demo_cpu, api_s, not args.reuse)
     readme = args.readme.read_text(encoding="utf-8")
     if START not in readme or END not in readme:
         sys.exit(f"{args.readme}: markers {START} / {END} not found")
