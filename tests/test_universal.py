@@ -228,3 +228,32 @@ def test_art_step_rule_matches_art(mnist_clf, sets):
     assert abs(np.mean(ours) - np.mean(peer)) <= 0.05, (ours, peer)
     assert min(ours) > 0.05
 
+
+
+@pytest.mark.parametrize("norm, eps", [("linf", 0.1), ("l2", 1.0)])
+def test_replay_equals_sequential_loop(norm, eps):
+    """The batched replay (L∞: the B clamp maps folded in log2 B vectorised steps) gives the papers' B sequential
+    updates, including odd B, rejected images and a starting v, to float rounding."""
+    from trustvision.attacks.universal_steps import Split, replay, replay_sequential
+    from trustvision.scale.dist import SINGLE
+    g = torch.Generator().manual_seed(0)
+    for b in (1, 2, 7, 33):
+        x = torch.rand(b, 1, 8, 8, generator=g)
+        r = (torch.rand(b, 1, 8, 8, generator=g) - 0.5) * 0.3
+        ok = torch.rand(b, generator=g) < 0.6
+        v = (torch.rand(1, 1, 8, 8, generator=g) - 0.5) * 0.2
+        want = replay_sequential(x, v, r, ok, eps, norm)
+        got = replay(Split(SINGLE, b), x, v, r, ok, eps, norm)
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+        assert float(perturbation_norms(got, norm)[0]) <= eps
+        if b > 1:
+            assert not torch.allclose(want, v)            # the updates moved v (the test can fail)
+
+
+def test_first_curve_point_is_the_clean_rate(mnist_clf, sets):
+    """curve[0] (v = 0) comes from the clean predictions: 0 untargeted, the clean share of the target class."""
+    xb, _, _ = sets
+    res = UniversalPerturbation(method="sgd", norm="linf", eps=0.1, max_passes=1, batch_size=64).generate(
+        mnist_clf, xb[:128], target=3)
+    share = float((mnist_clf(xb[:128]).argmax(1) == 3).float().mean())
+    assert res.curve[0] == pytest.approx(share) and 0 < share < 0.5

@@ -8,9 +8,10 @@ Three generators, untargeted and targeted, L∞ and L2, all mini-batched on the 
   fooled, an FGSM step from ``x_i + v``; if the step fools the image, ``v <- p(clip(x_i + v + step) - x_i)``.
   Per mini-batch of B images, one forward/backward gives the B steps (all from the mini-batch's starting
   ``v``) and one forward tells which of them fool their image; two candidates are formed — (1) the
-  paper's update *replayed in order* for those images (B masked vector operations, no forward pass) and
-  (2) ``p(v + Σ steps of the unfooled images)`` — and the best of ``v``, (1) and (2) on the mini-batch is
-  kept (success, ties: mean cross-entropy; one forward of 2B images).  Default step ``0.25 * eps``.
+  paper's update *replayed in order* for those images (no forward pass; L∞: folded in log2 B vector steps,
+  :mod:`.universal_steps`) and (2) ``p(v + Σ steps of the unfooled images)`` — and the best of ``v``, (1), (2)
+  on the mini-batch is kept (success, ties: mean cross-entropy).  Forwards per mini-batch: the stepped images
+  fused with (2) (2B), then (1) (B).  Default step ``0.25 * eps``.
   ``step_rule="art"`` is the authors' own use of ART's ``FastGradientMethod`` with only ``eps`` set: a
   fixed L∞ sign step ``step · sign(∇)`` (also for L2 UAPs), only the in-order replay kept (no sum
   candidate, no selection); with ``batch_size=1`` it is ART's per-image loop exactly.  The preset
@@ -31,7 +32,8 @@ images — the evaluation images by convention (Hirano & Takemoto) — in the sa
 satisfies ``||v|| <= eps`` exactly in fp32; images are perturbed as ``clip(x + v, 0, 1)``.
 
 Untargeted labels are the model's clean predictions ``ŷ`` (source images may be unlabelled).
-Shapes: build images ``x`` (N, C, H, W) in [0, 1]; ``v`` (1, C, H, W).  The fooling rate (or targeted
+Under torchrun each rank runs its rows of every mini-batch and the updates are all-reduced
+(docs/distributed.md).  Shapes: build images ``x`` (N, C, H, W) in [0, 1]; ``v`` (1, C, H, W).  The fooling rate (or targeted
 success) on the build images is measured after every pass (one host sync per pass); the loop stops at
 ``max_passes`` or once it reaches ``stop_rate``.  With ``out_dir`` the state (``v`` + pass index) is
 checkpointed after every pass to ``uap_checkpoint.npy``/``.json`` (atomic writes, keyed by a
@@ -54,10 +56,12 @@ from torch import Tensor
 from ..errors import TrustVisionError
 from ..models.classifier import Classifier
 from ..persist import atomic_write, digest, write_json_atomic
+from ..scale.dist import current
 from .base import perturbation_norms
 from .deepfool import DeepFool
 from .gradient import check_number
-from .norms import BALL_NORMS, as_norm, fp32_floor
+from .norms import BALL_NORMS, as_norm
+from .universal_steps import Split, choose, forward, masked_sum, project_v, replay
 
 METHODS = ("fgsm", "deepfool", "sgd")
 STEP_RULES = ("batched", "art")
@@ -81,11 +85,6 @@ def mean_norm(x: Tensor, norm: str) -> float:
     if len(x) == 0:
         raise TrustVisionError("zeta needs reference images, got none")
     return float(perturbation_norms(x.float(), norm).mean())
-
-
-def project_v(v: Tensor, eps: float, norm: str) -> Tensor:
-    """Project ``v`` (1, C, H, W) onto the ``eps`` ball so that ``||v|| <= eps`` holds exactly in fp32."""
-    return as_norm(norm).fit(v, fp32_floor(eps))
 
 
 @dataclass
@@ -212,35 +211,13 @@ class UniversalPerturbation:
         return float(self.eps), (self.eps / ref if ref else None), ref
 
     # ------------------------------------------------------------------ steps
-    def _scan(self, xb: Tensor, v: Tensor, r: Tensor, ok: Tensor, eps: float) -> Tensor:
-        """Hirano & Takemoto / ART's per-image update ``v <- p(clip(x_j + v + r_j) - x_j)``, applied in
-        order for every image ``j`` of the mini-batch with ``ok[j]`` (B vector operations, no forward pass;
-        the steps ``r`` (B, C, H, W) were computed at the mini-batch's starting ``v``)."""
-        e = float(torch.tensor(eps, dtype=torch.float32))
-        ball = as_norm(self.norm)
-        for j in range(len(xb)):      # sequential by definition (each update starts from the last): B vector ops
-            x_j = xb[j:j + 1]
-            u = ball.project((x_j + v + r[j:j + 1]).clamp(0, 1) - x_j, e)
-            v = torch.where(ok[j], u, v)                         # device-side mask: no host sync
-        return project_v(v, eps, self.norm)                      # exact budget (fp32 rounding) once at the end
-
-    def _select(self, clf: Classifier, xb: Tensor, v: Tensor, logits: Tensor, cands: list[Tensor], lab: Tensor,
-                t: Tensor | None) -> Tensor:
-        """The candidate (``v`` itself first) with the highest success on the mini-batch; ties: the best
-        mean cross-entropy (untargeted: highest, targeted: lowest), then the earlier candidate."""
-        y = t if t is not None else lab
-        vc = torch.cat(cands)                                    # (K, C, H, W)
-        lc = clf((xb.unsqueeze(0) + vc.unsqueeze(1)).clamp(0, 1).flatten(0, 1)).view(len(cands), len(xb), -1)
-        la = torch.cat([logits.unsqueeze(0), lc])                # (K+1, B, classes)
-        pred = la.argmax(2)
-        hits = ((pred == t) if t is not None else (pred != lab)).float().sum(1)
-        ce = F.cross_entropy(la.flatten(0, 1), y.repeat(len(la)), reduction="none").view(len(la), -1).mean(1)
-        tie = torch.atan(-ce if t is not None else ce) / torch.pi   # in (-1/2, 1/2): below one hit
-        best = (hits + tie).argmax()
-        return torch.cat([v, vc]).index_select(0, best.view(1))
-
-    def _fgsm(self, clf: Classifier, xb: Tensor, v: Tensor, lab: Tensor, t: Tensor | None, step: float,
+    def _fgsm(self, clf: Classifier, sp: Split, xb: Tensor, v: Tensor, lab: Tensor, t: Tensor | None, step: float,
               eps: float) -> Tensor:
+        """One mini-batch of the ``fgsm`` generator on this rank's rows ``xb`` (n, C, H, W); returns the new ``v``.
+
+        Cost per image: one forward+backward (its logits also say which images ``v`` already fools), one
+        forward of ``x + v + step`` fused with the sum candidate's forward (2n in one call), and, for the
+        batched rule, one forward of the replay candidate."""
         xv = (xb + v).clamp(0, 1).requires_grad_(True)
         with torch.enable_grad():
             logits = clf(xv)
@@ -252,28 +229,36 @@ class UniversalPerturbation:
             todo = (pred != t) if t is not None else (pred == lab)
             art = self.step_rule == "art"                        # ART's FGSM: a fixed L-inf sign step
             r = step * (g.sign() if art else as_norm(self.norm).normalize(g))    # per-image FGSM steps from x + v
-            p_step = clf((xb + v + r).clamp(0, 1)).argmax(1)
+            stepped = (xb + v + r).clamp(0, 1)
+            if art:
+                p_step = forward(clf, stepped).argmax(1)
+            else:
+                v_sum = masked_sum(sp, v, r, todo, eps, self.norm)
+                both = forward(clf, torch.cat([stepped, (xb + v_sum).clamp(0, 1)]))
+                p_step, l_sum = both[:len(xb)].argmax(1), both[len(xb):]
             flips = todo & ((p_step == t) if t is not None else (p_step != lab))
-            v_seq = self._scan(xb, v, r, flips, eps)             # H&T / ART: sequential, step must flip the image
+            v_seq = replay(sp, xb, v, r, flips, eps, self.norm)  # H&T / ART: in order, the step must flip the image
             if art:
                 return v_seq
-            v_sum = project_v(v + (r * todo.float().view(-1, 1, 1, 1)).sum(0, keepdim=True), eps, self.norm)
-            return self._select(clf, xb, v, logits, [v_seq, v_sum], lab, t)
+            l_seq = forward(clf, (xb + v_seq).clamp(0, 1))
+            return choose(sp, [v, v_seq, v_sum], [logits, l_seq, l_sum], lab, t)
 
-    def _deepfool(self, clf: Classifier, xb: Tensor, v: Tensor, lab: Tensor, eps: float) -> Tensor:
+    def _deepfool(self, clf: Classifier, sp: Split, xb: Tensor, v: Tensor, lab: Tensor, eps: float) -> Tensor:
         xv = (xb + v).clamp(0, 1)
+        logits = forward(clf, xv)
+        todo = logits.argmax(1) == lab
+        if len(xb):
+            res = DeepFool(norm=self.norm, max_iter=self.deepfool_iter, overshoot=self.overshoot)(clf, xv, lab)
+            ok, r = todo & res.success, res.x_adv - xv
+        else:
+            ok, r = todo, torch.zeros_like(xv)
         with torch.no_grad():
-            logits = clf(xv)
-            todo = logits.argmax(1) == lab
-        res = DeepFool(norm=self.norm, max_iter=self.deepfool_iter, overshoot=self.overshoot)(clf, xv, lab)
-        with torch.no_grad():
-            ok = todo & res.success
-            r = res.x_adv - xv
-            v_seq = self._scan(xb, v, r, ok, eps)                # Algorithm 1: v <- P(v + Δv_i), in order
-            v_sum = project_v(v + (r * ok.float().view(-1, 1, 1, 1)).sum(0, keepdim=True), eps, self.norm)
-            return self._select(clf, xb, v, logits, [v_seq, v_sum], lab, None)
+            v_seq = replay(sp, xb, v, r, ok, eps, self.norm)     # Algorithm 1: v <- P(v + Δv_i), in order
+            v_sum = masked_sum(sp, v, r, ok, eps, self.norm)
+            l_c = forward(clf, torch.cat([(xb + v_seq).clamp(0, 1), (xb + v_sum).clamp(0, 1)]))
+            return choose(sp, [v, v_seq, v_sum], [logits, l_c[:len(xb)], l_c[len(xb):]], lab, None)
 
-    def _sgd(self, clf: Classifier, xb: Tensor, v: Tensor, lab: Tensor, t: Tensor | None, step: float,
+    def _sgd(self, clf: Classifier, sp: Split, xb: Tensor, v: Tensor, lab: Tensor, t: Tensor | None, step: float,
              eps: float) -> Tensor:
         vv = v.detach().requires_grad_(True)
         with torch.enable_grad():
@@ -283,22 +268,33 @@ class UniversalPerturbation:
             else:
                 loss = -F.cross_entropy(logits, t, reduction="none").clamp(min=self.beta_targeted)
             (g,) = torch.autograd.grad(loss.sum(), vv)
-        return project_v(v + step * as_norm(self.norm).normalize(g), eps, self.norm)
+        return project_v(v + step * as_norm(self.norm).normalize(sp.sum(g)), eps, self.norm)
 
     # ------------------------------------------------------------------ main loop
     def _rate(self, clf: Classifier, x: Tensor, v: Tensor, lab: Tensor, t: Tensor | None) -> Tensor:
-        """Device scalar: fooling rate (or targeted success) of ``v`` on all build images."""
-        hits = []
-        with torch.inference_mode():
-            for i in range(0, len(x), self.batch_size * 4):
-                pred = clf((x[i:i + self.batch_size * 4] + v).clamp(0, 1)).argmax(1)
-                hits.append((pred == t[:len(pred)]) if t is not None else (pred != lab[i:i + len(pred)]))
-        return torch.cat(hits).float().mean()
+        """Device scalar: fooling rate (or targeted success) of ``v`` on all build images (each rank: its share)."""
+        sp = Split(current(), len(x))
+        hits = torch.zeros((), device=x.device)
+        for i in range(sp.lo, sp.hi, self.batch_size * 4):
+            j = min(i + self.batch_size * 4, sp.hi)
+            pred = forward(clf, (x[i:j] + v).clamp(0, 1)).argmax(1)
+            hits = hits + ((pred == t[i:j]) if t is not None else (pred != lab[i:j])).sum()
+        return sp.sum(hits.float()) / len(x)
+
+    def _labels(self, clf: Classifier, x: Tensor) -> Tensor:
+        """(N,) the model's clean predictions (each rank predicts its share; one all-reduce)."""
+        sp = Split(current(), len(x))
+        part = [forward(clf, x[i:min(i + 256, sp.hi)]).argmax(1) for i in range(sp.lo, sp.hi, 256)]
+        return sp.gather(torch.cat(part) if part else torch.zeros(0, dtype=torch.long, device=x.device)).clone()
 
     def generate(self, classifier: Classifier, x: Tensor, *, target: int | None = None,
                  reference: Tensor | None = None, out_dir: str | Path | None = None,
                  resume: bool = True) -> UAPResult:
         """Build a UAP from images ``x`` (N, C, H, W) in [0, 1] (labels: the model's clean predictions).
+
+        Under torchrun (:func:`trustvision.scale.dist.current` active) every rank passes the same ``x`` and
+        computes the steps of its rows of each mini-batch; the updates are all-reduced, so every rank returns
+        the same ``v``; only rank 0 writes the checkpoint (docs/distributed.md).
 
         Args:
             target: target class for a targeted UAP (None: untargeted).
@@ -307,7 +303,7 @@ class UniversalPerturbation:
             resume: continue from a matching checkpoint in ``out_dir``.
         Returns: :class:`UAPResult` with ``v`` (1, C, H, W).
         """
-        clf, dev = classifier, classifier.device
+        clf, dev, d = classifier, classifier.device, current()
         if x.ndim != 4 or len(x) == 0:
             raise TrustVisionError(f"uap: build images must be a non-empty N,C,H,W tensor, got {tuple(x.shape)}")
         if target is not None and not 0 <= int(target) < clf.num_classes:
@@ -319,39 +315,46 @@ class UniversalPerturbation:
             ART_STEP if self.step_rule == "art" else (0.25 if self.method == "fgsm" else 0.5) * eps
         x = x.to(dev, torch.float32)
         x = x.clone() if x.is_inference() else x
-        with torch.inference_mode():
-            lab = torch.cat([clf(x[i:i + 256]).argmax(1) for i in range(0, len(x), 256)]).clone()
+        lab = self._labels(clf, x)
         t_all = None if target is None else torch.full((len(x),), int(target), dtype=torch.long, device=dev)
         v = torch.zeros(1, *x.shape[1:], device=dev)
         start, curve, times = 0, [], []
         ckpt = _Checkpoint(out_dir, self._fingerprint(clf, x, target, eps)) if out_dir is not None else None
-        if ckpt is not None and resume and (state := ckpt.load()) is not None:
+        state = d.broadcast(ckpt.load() if ckpt is not None and resume and d.main else None)   # rank 0's file
+        if state is not None:
             v, start, curve, times = state[0].to(dev), state[1], state[2], state[3]
-        if not curve:
-            curve = [float(self._rate(clf, x, v, lab, t_all))]
+        if not curve:       # v = 0: the clean predictions are the labels (untargeted 0; targeted: share of t)
+            curve = [0.0 if t_all is None else float((lab == t_all).float().mean())]
         t0 = time.perf_counter()
         k = start
         while k < self.max_passes and curve[-1] < self.stop_rate:
             tp = time.perf_counter()
-            perm = self._order(len(x), k).to(dev)
-            for i in range(0, len(x), self.batch_size):
-                idx = perm[i:i + self.batch_size]
-                xb, lb = x[idx], lab[idx]
-                tb = None if t_all is None else t_all[:len(idx)]
-                if self.method == "fgsm":
-                    v = self._fgsm(clf, xb, v, lb, tb, step, eps)
-                elif self.method == "deepfool":
-                    v = self._deepfool(clf, xb, v, lb, eps)
-                else:
-                    v = self._sgd(clf, xb, v, lb, tb, step, eps)
-            v = v.detach()
+            v = self._pass(clf, x, v, lab, t_all, step, eps, self._order(len(x), k).to(dev), d)
             curve.append(float(self._rate(clf, x, v, lab, t_all)))   # the one host sync per pass
             k += 1
             times.append(time.perf_counter() - tp)
-            if ckpt is not None:
+            if ckpt is not None and d.main:
                 ckpt.save(v, k, curve, times)
         return UAPResult(v, self.norm, eps, zeta, "zeta" if self.zeta is not None else "eps", self.method,
                          target, curve, k, curve[-1] >= self.stop_rate, time.perf_counter() - t0, times, ref, start)
+
+    def _pass(self, clf: Classifier, x: Tensor, v: Tensor, lab: Tensor, t_all: Tensor | None, step: float,
+              eps: float, perm: Tensor, d) -> Tensor:
+        """One pass over the build images in the order ``perm`` (N,): mini-batches of ``batch_size``, each split
+        across the ranks (this rank runs its rows); returns the new ``v`` (1, C, H, W), the same on every rank."""
+        for i in range(0, len(x), self.batch_size):
+            idx = perm[i:i + self.batch_size]
+            sp = Split(d, len(idx))
+            mine = idx[sp.lo:sp.hi]
+            xb, lb = x[mine], lab[mine]
+            tb = None if t_all is None else t_all[:len(mine)]
+            if self.method == "fgsm":
+                v = self._fgsm(clf, sp, xb, v, lb, tb, step, eps)
+            elif self.method == "deepfool":
+                v = self._deepfool(clf, sp, xb, v, lb, eps)
+            else:
+                v = self._sgd(clf, sp, xb, v, lb, tb, step, eps)
+        return v.detach()
 
     def _order(self, n: int, k: int) -> Tensor:
         """(n,) the image order of pass ``k`` (0-based), reproducible from ``seed`` and ``k`` alone."""

@@ -5,11 +5,13 @@ Runs the ``clean`` and ``uap`` audit sections on images (N, C, H, W) in [0, 1] a
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from ...errors import TrustVisionError
 from ...parsing import parse_numbers
 from ..console import note, run_audit
 from ..options import MAX_PIXELS, BatchOpt, DataArgs, MaxPixelsOpt, ModelArgs, OutOpt, OutputArgs, SeedOpt, SkipBadOpt
@@ -26,7 +28,8 @@ def uap(model: ModelArgs,
         method: Annotated[str, typer.Option(help="fgsm | deepfool | sgd")] = "fgsm",
         max_passes: Annotated[int, typer.Option("--max-passes", help="passes over the source images")] = 10,
         n_source: Annotated[int, typer.Option("--n-source", help="source images")] = 1000,
-        n: Annotated[int, typer.Option("--n", help="evaluation images")] = 1000,
+        n: Annotated[int, typer.Option("--n", "--n-images", help="evaluation images (under torchrun write "
+                                                    "--n-images: torchrun reads --n as its own)")] = 1000,
         sweep: Annotated[str, typer.Option(help="zeta values of the sweep figure")] = "0.01,0.02,0.04,0.08,0.16",
         also: Annotated[Optional[list[str]], typer.Option("--also", help="other model for the transfer matrix: "
                                                           "SPEC or ARCH@WEIGHTS (repeatable; a module.py:factory "
@@ -38,21 +41,38 @@ def uap(model: ModelArgs,
         preset: Annotated[Optional[str], typer.Option(help="authors' settings: hirano2020 (ART's fixed L∞ FGSM "
                                                       "step, delta 1e-6; see docs/universal.md)")] = None) -> None:
     """Build a UAP from --source images, evaluate it on --eval against two random controls of the same norm
-    (pixel-permuted, uniform random), ζ sweep, transfer to --also models; results.json + report.html."""
+    (pixel-permuted, uniform random), ζ sweep, transfer to --also models; results.json + report.html.
+
+    Under torchrun (docs/distributed.md) every rank runs this command: each computes the steps of its share of
+    every mini-batch, the updates are all-reduced (every rank holds the same UAP), rank 0 writes and prints."""
     from ... import AuditConfig
     from ...evaluation.sections.uap import UAPConfig
     from ...models.architectures import require_code_trust
     for spec in also or []:                 # refused before any work, like --model
         require_code_trust(spec, model.trust_code, where="--also: ")
-    classifier = model.load()
-    ds = DataArgs(eval, n=n, seed=seed, max_pixels=max_pixels, skip_bad=skip_bad_images).load(classifier)
     cfg_uap = UAPConfig(source=source, n_source=n_source, method=method, norm=norm, zeta=zeta, eps=eps,
                         target=target, max_passes=max_passes, sweep=parse_numbers(sweep, "--sweep") or [],
                         transfer=list(also or []), seed=seed, **uap_preset_options(preset, method))
     cfg = AuditConfig(sections=["clean", "uap"], n_images=None, batch_size=batch_size, seed=seed, uap=cfg_uap,
                       resume=not no_resume)
-    code = run_audit(classifier, ds, cfg, out, eval, trust_code=model.trust_code, output=output)
-    note(output, f"UAP: {out / 'uap.npy'} (amplified: {out / 'uap.png'})")
+    from ...scale import init, shutdown
+    d = init(model.device)             # torchrun: join the process group (cuda -> cuda:LOCAL_RANK)
+    try:
+        if d.active:
+            model = replace(model, device=str(d.device))
+        loaded, error = None, None
+        try:                                       # a rank that cannot load fails every rank (no hang), exit 2
+            classifier = model.load()
+            loaded = classifier, DataArgs(eval, n=n, seed=seed, max_pixels=max_pixels,
+                                          skip_bad=skip_bad_images).load(classifier)
+        except TrustVisionError as e:
+            error = e
+        d.raise_together(error)
+        code = run_audit(*loaded, cfg, out, eval, trust_code=model.trust_code, output=output)
+    finally:
+        shutdown()
+    if d.main:
+        note(output, f"UAP: {out / 'uap.npy'} (amplified: {out / 'uap.png'})")
     raise typer.Exit(code)
 
 
@@ -61,7 +81,6 @@ def uap_preset_options(preset: str | None, method: str) -> dict:
     if preset is None:
         return {}
     from ...attacks.universal import UAP_PRESETS
-    from ...errors import TrustVisionError
     if preset not in UAP_PRESETS:
         raise TrustVisionError(f"--preset {preset!r}: unknown; choose from {', '.join(UAP_PRESETS)}")
     p = UAP_PRESETS[preset]
