@@ -79,6 +79,7 @@ def test_rule_on_the_documented_examples_and_the_model_input():
 def restore_threads(monkeypatch):
     before = torch.get_num_threads()
     monkeypatch.delenv(threads.ENV, raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     yield
     torch.set_num_threads(before)
 
@@ -95,6 +96,21 @@ def test_configure_threads_sets_torch_and_respects_the_env_var(restore_threads, 
             threads.configure_threads()
     with pytest.raises(TrustVisionError, match="--threads"):
         threads.configure_threads(0)
+
+
+def test_a_plain_omp_num_threads_is_obeyed_after_the_own_settings(restore_threads, monkeypatch):
+    """torchrun sets OMP_NUM_THREADS=1 per process: N ranks must not each take every core."""
+    monkeypatch.setattr(threads, "idle_cores", lambda sample_s=0.0: 4.0)
+    monkeypatch.setattr(threads, "available_cores", lambda: 4)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    choice = threads.configure_threads()
+    assert (choice.threads, choice.reason) == (1, "OMP_NUM_THREADS") and torch.get_num_threads() == 1
+    monkeypatch.setenv(threads.ENV, "2")
+    assert threads.configure_threads().threads == 2                     # trustvision's own setting wins
+    monkeypatch.delenv(threads.ENV)
+    for other in ("4,2", "", "0"):                                      # nested OpenMP lists etc.: the default
+        monkeypatch.setenv("OMP_NUM_THREADS", other)
+        assert threads.configure_threads().reason == "cores"
 
 
 def test_default_is_the_available_cores_and_fewer_when_busy(restore_threads, monkeypatch):

@@ -11,7 +11,8 @@ for a descheduled partner.
 
 :func:`configure_threads` (called by the CLI before any heavy work, never at import) therefore sets
 
-* ``n`` threads when given (``--threads N``), else ``$TRUSTVISION_THREADS`` when set;
+* ``n`` threads when given (``--threads N``), else ``$TRUSTVISION_THREADS`` when set, else
+  ``$OMP_NUM_THREADS`` when it is a plain count (torch obeys it too; torchrun sets it to 1 per process);
 * else the physical cores available to the process (its CPU affinity, ``os.sched_getaffinity``, one
   per physical core, capped by a cgroup CPU quota), reduced to the cores that are *idle now* — measured
   over :data:`SAMPLE_S` seconds from ``/proc/stat`` for the process's CPUs (the 1-minute load average
@@ -122,7 +123,10 @@ def _requested(n: int | str | None) -> tuple[int | None, str]:
     if n is None and os.environ.get(ENV, "").strip():
         n, source = os.environ[ENV].strip(), ENV
     if n is None:
-        return None, ""
+        omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+        # torch itself obeys OMP_NUM_THREADS, and torchrun sets it to 1 per process when it starts several: an
+        # explicit plain count is the user's (or the launcher's) choice; other OpenMP forms ("4,2") are left alone
+        return (int(omp), "OMP_NUM_THREADS") if omp.isdigit() and int(omp) >= 1 else (None, "")
     try:
         value = int(n)
     except (TypeError, ValueError):
@@ -135,7 +139,8 @@ def _requested(n: int | str | None) -> tuple[int | None, str]:
 def configure_threads(n: int | str | None = None, *, sample_s: float = SAMPLE_S) -> ThreadChoice:
     """Set torch's CPU threads (``torch.set_num_threads``) before heavy work; returns the :class:`ThreadChoice`.
 
-    ``n`` (``--threads``) wins, then ``$TRUSTVISION_THREADS``; otherwise the physical cores available,
+    ``n`` (``--threads``) wins, then ``$TRUSTVISION_THREADS``, then a plain ``$OMP_NUM_THREADS``; otherwise the
+    physical cores available,
     reduced to the idle ones (rounded, at least 1) when other processes keep them busy.  Also sets
     ``OMP_WAIT_POLICY=PASSIVE`` in the environment unless already set (see the module docstring).
     A bad value is a one-line :class:`~trustvision.errors.TrustVisionError` naming ``--threads`` or the variable.

@@ -167,7 +167,7 @@ def demo(out: OutOpt = Path("trustvision-segment-demo"),
          epochs: Annotated[int, typer.Option("--epochs", help="training epochs per model")] = 8,
          n_train: Annotated[int, typer.Option("--n-train", help="training images")] = 96,
          n_test: Annotated[int, typer.Option("--n-test", help="test images evaluated")] = 48,
-         n_attack: AttackNOpt = 32, steps: StepsOpt = 10, device: DeviceOpt = "cpu", seed: SeedOpt = 0,
+         n_attack: AttackNOpt = 16, steps: StepsOpt = 10, device: DeviceOpt = "cpu", seed: SeedOpt = 0,
          no_resume: NoResumeOpt = False) -> None:
     """Train U-Net, Feedback U-Net and Feedback U-Net + leak on a bundled demo set; compare them in one report."""
     from ...progress import rich_progress
