@@ -167,12 +167,12 @@ def demo(out: OutOpt = Path("trustvision-segment-demo"),
          epochs: Annotated[int, typer.Option("--epochs", help="training epochs per model")] = 8,
          n_train: Annotated[int, typer.Option("--n-train", help="training images")] = 96,
          n_test: Annotated[int, typer.Option("--n-test", help="test images evaluated")] = 48,
-         n_attack: AttackNOpt = 16, steps: StepsOpt = 10, device: DeviceOpt = "cpu", seed: SeedOpt = 0,
+         n_attack: AttackNOpt = 8, steps: StepsOpt = 10, device: DeviceOpt = "cpu", seed: SeedOpt = 0,
          no_resume: NoResumeOpt = False) -> None:
     """Train U-Net, Feedback U-Net and Feedback U-Net + leak on a bundled demo set; compare them in one report."""
     from ...progress import rich_progress
     from ...segmentation.run import demo_segmenters, run_segmentation
-    cfg = _config("0,1/255,2/255,4/255,8/255", steps, n_attack, 16, seed)
+    cfg = _config("0,2/255,4/255,8/255", steps, n_attack, 16, seed)     # 3 budgets, 8 images: the demo in ~5 min
     with rich_progress(console) as progress:
         models, test, histories = demo_segmenters(data, out / "models", n_train=n_train, n_test=n_test, epochs=epochs,
                                                   seed=seed, device=device, resume=not no_resume, progress=progress)
