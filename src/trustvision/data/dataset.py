@@ -20,8 +20,46 @@ from torch import Tensor
 from ..errors import TrustVisionError
 
 
+class LabelledImages:
+    """What a labelled image set answers without its pixels: size, classes, origin, seeded sampling.
+
+    Shared by the in-memory :class:`Dataset` and the lazy :class:`~.lazy.LazyDataset`; subclasses have
+    ``y`` (N,), ``labels``, ``name`` and ``info``.
+    """
+
+    y: Tensor
+    labels: list[str]
+    name: str
+    info: dict[str, Any]
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    @property
+    def source_dtype(self) -> str | None:
+        """The stored pixel type(s) before scaling to [0, 1] (``"uint8"``, ``"uint16"``, ...), if known
+        (a lazy set knows it once decoded: its sampled :class:`Dataset` records it)."""
+        return self.info.get("source_dtype")
+
+    @property
+    def origin(self) -> str:
+        """How messages name this dataset: its file or folder when known, else ``dataset 'name'``."""
+        return str(self.info["source"]) if self.info.get("source") else f"dataset {self.name!r}"
+
+    def sample_indices(self, n: int | None, seed: int = 0) -> Tensor:
+        """Sorted indices (n,) of a seeded random subset (all indices when ``n`` is None or too large)."""
+        if n is None or n >= len(self):
+            return torch.arange(len(self))
+        g = torch.Generator().manual_seed(seed)
+        return torch.randperm(len(self), generator=g)[:n].sort().values
+
+
 @dataclass
-class Dataset:
+class Dataset(LabelledImages):
     """Images ``x`` (N, C, H, W) float32 in [0, 1] and labels ``y`` (N,) int64.
 
     ``info`` (JSON-able) records the origin: ``source`` (file/folder/bundled name), ``source_dtype``
@@ -50,23 +88,6 @@ class Dataset:
             raise TrustVisionError(f"{self.origin}: pixel values must lie in [0, 1] "
                                    f"(found {float(lo):.3g}..{float(hi):.3g})")
 
-    def __len__(self) -> int:
-        return len(self.y)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.labels)
-
-    @property
-    def source_dtype(self) -> str | None:
-        """The stored pixel type(s) before scaling to [0, 1] (``"uint8"``, ``"uint16"``, ...), if known."""
-        return self.info.get("source_dtype")
-
-    @property
-    def origin(self) -> str:
-        """How messages name this dataset: its file or folder when known, else ``dataset 'name'``."""
-        return str(self.info["source"]) if self.info.get("source") else f"dataset {self.name!r}"
-
     def _like(self, x: Tensor, y: Tensor, labels: list[str], paths: list[str]) -> "Dataset":
         return Dataset(x, y, labels, self.name, paths, dict(self.info))
 
@@ -75,13 +96,6 @@ class Dataset:
         idx = torch.as_tensor(idx, dtype=torch.long)
         paths = [self.paths[i] for i in idx.tolist()] if self.paths else []
         return self._like(self.x[idx], self.y[idx], self.labels, paths)
-
-    def sample_indices(self, n: int | None, seed: int = 0) -> Tensor:
-        """Sorted indices (n,) of a seeded random subset (all indices when ``n`` is None or too large)."""
-        if n is None or n >= len(self):
-            return torch.arange(len(self))
-        g = torch.Generator().manual_seed(seed)
-        return torch.randperm(len(self), generator=g)[:n].sort().values
 
     def sample(self, n: int | None, seed: int = 0) -> "Dataset":
         """A seeded random subset of ``n`` images (all of them when ``n`` is None or too large)."""

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ..errors import TrustVisionError
-from .dataset import Dataset
+from .dataset import Dataset, LabelledImages
 from .folder import class_files
 from .images import MAX_PIXELS
 from .stream import Decoded, Decoder, assemble, decode, merge
@@ -35,7 +35,7 @@ __all__ = ["LazyDataset", "list_folder"]
 
 
 @dataclass
-class LazyDataset:
+class LazyDataset(LabelledImages):
     """Image files ``paths`` (N,) with labels ``y`` (N,) int64 and class names; nothing decoded yet.
 
     ``size`` (H, W): resize on decode (bilinear, clamped) like ``load_folder(size=...)``; ``max_pixels``
@@ -64,31 +64,7 @@ class LazyDataset:
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
             raise TrustVisionError(f"workers (--workers) must be an integer >= 0, got {self.workers!r}")
 
-    def __len__(self) -> int:
-        return len(self.y)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.labels)
-
-    @property
-    def source_dtype(self) -> str | None:
-        """Unknown until decoded: the sampled :class:`Dataset` records the dtype(s) of its files."""
-        return self.info.get("source_dtype")
-
-    @property
-    def origin(self) -> str:
-        """How messages name this dataset: its folder when known, else ``dataset 'name'``."""
-        return str(self.info["source"]) if self.info.get("source") else f"dataset {self.name!r}"
-
     # ------------------------------------------------------------ index-only operations (nothing decoded)
-    def sample_indices(self, n: int | None, seed: int = 0) -> Tensor:
-        """Sorted indices (n,) of a seeded random subset — the rule of :meth:`Dataset.sample_indices`."""
-        if n is None or n >= len(self):
-            return torch.arange(len(self))
-        g = torch.Generator().manual_seed(seed)
-        return torch.randperm(len(self), generator=g)[:n].sort().values
-
     def subset(self, idx: Tensor | np.ndarray | list[int]) -> "LazyDataset":
         """The files at ``idx`` (K,), in that order, still lazy."""
         idx = torch.as_tensor(idx, dtype=torch.long)
