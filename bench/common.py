@@ -62,6 +62,14 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
 
 
+def demo_classifier(device: torch.device):
+    """``(clf, train, test)``: the demo's cached MNIST CNN as a Classifier on ``device`` and its data split."""
+    from trustvision.models.classifier import Classifier
+    from trustvision.training import mnist_demo_model
+    module, train, test, _, _ = mnist_demo_model()
+    return Classifier(module, num_classes=10, channels=1, device=device, name="mnist-smallcnn"), train, test
+
+
 def setup(args: argparse.Namespace, script: str, **extra) -> tuple[torch.device, dict, dict]:
     """Apply ``--threads``; return (device, Classifier options, meta with the exact command line)."""
     if args.threads:

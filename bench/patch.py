@@ -19,16 +19,14 @@ import argparse
 import datetime as dt
 import math
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from common import device_name, load_average, write_results   # bench/common.py
+from common import add_run_options, demo_classifier, device_name, load_average, write_results   # bench/common.py
 from trustvision.attacks.patch import AdversarialPatch, patch_success
 from trustvision.attacks.patch_render import shape_mask
 from trustvision.models.classifier import Classifier
-from trustvision.training import mnist_demo_model
 
 
 def _sync(device: torch.device) -> None:
@@ -77,15 +75,13 @@ def main() -> None:
     p.add_argument("--n-eval", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    add_run_options(p)
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     import art
-    module, train, test, _, _ = mnist_demo_model()
-    clf = Classifier(module, num_classes=10, channels=1, device=device, name="mnist-smallcnn")
+    clf, train, test = demo_classifier(device)
     x = train.x[: args.batch_size * 4].float()                  # 4 batches: ART runs steps / 4 passes
     held = test.sample(args.n_eval, args.seed)
     meta = {"date": dt.date.today().isoformat(), "torch": torch.__version__, "art": art.__version__,

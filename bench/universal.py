@@ -33,18 +33,16 @@ import io
 import pstats
 import random
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from common import device_name, load_average, write_results   # bench/common.py
+from common import add_run_options, demo_classifier, device_name, load_average, write_results   # bench/common.py
 from floor import floor_rates                                  # bench/floor.py
 from trustvision.attacks.universal import UniversalPerturbation
 from trustvision.evaluation.fooling import fooling_rates
 from trustvision.models.classifier import Classifier
-from trustvision.training import mnist_demo_model
 
 
 def _timed(fn):
@@ -88,15 +86,13 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--profile", action="store_true", help="print where one pass of ours spends its time")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    add_run_options(p)
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     import art
-    module, train, test, _, _ = mnist_demo_model()
-    clf = Classifier(module, num_classes=10, channels=1, device=device, name="mnist-smallcnn")
+    clf, train, test = demo_classifier(device)
     x_build = train.sample(args.n, args.seed).x.float()
     x_eval = test.sample(args.n_eval, args.seed).x.float()
     step = 0.25 * args.eps
@@ -123,7 +119,7 @@ def main() -> None:
         res, wall, cpu = _timed(lambda g=g: g.generate(clf, x_build))
         rows.append({"library": name, "v": res.v.cpu(), "wall": wall / visits, "cpu": cpu / visits,
                      "build_fooling_rate": res.curve[-1]})
-    clf_cpu = clf if device.type == "cpu" else Classifier(copy.deepcopy(module).cpu(), num_classes=10, channels=1)
+    clf_cpu = clf if device.type == "cpu" else Classifier(copy.deepcopy(clf.module).cpu(), num_classes=10, channels=1)
     v_art, wall, cpu = _timed(lambda: _art(clf_cpu, x_build, args.eps, step, args.passes, args.seed))
     art_row = {"library": "art", "v": v_art, "wall": wall / visits, "cpu": cpu / visits, "build_fooling_rate": None}
     rows.append(art_row)
