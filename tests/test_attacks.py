@@ -9,6 +9,7 @@ import torchattacks
 from torch import nn
 
 from trustvision.attacks import ATTACKS, CW, FGSM, PGD, AttackResult, DeepFool, make_attack, perturbation_norms
+from trustvision.attacks.gradient import CHECK_EVERY
 from trustvision.errors import TrustVisionError
 from trustvision.models.classifier import Classifier
 
@@ -54,7 +55,7 @@ def test_fgsm_matches_torchattacks(mnist_clf, peer, batch):
 
 def test_pgd_linf_matches_torchattacks(mnist_clf, peer, batch):
     x, y = batch
-    ours = PGD(eps=0.1, steps=10, alpha=0.01, random_start=False)(mnist_clf, x, y).x_adv
+    ours = PGD(eps=0.1, steps=10, alpha=0.01, random_start=False, early_stop=False)(mnist_clf, x, y).x_adv
     theirs = torchattacks.PGD(peer, eps=0.1, alpha=0.01, steps=10, random_start=False)(x, y)
     torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
 
@@ -63,11 +64,31 @@ def test_pgd_l2_matches_torchattacks(mnist_clf, peer, batch):
     """Same algorithm, but 1e-7 differences (sum vs mean loss, budget correction) can flip a ReLU on
     an image or two over 10 steps, after which trajectories drift apart slightly."""
     x, y = batch
-    ours = PGD(eps=1.0, norm="l2", steps=10, alpha=0.2, random_start=False)(mnist_clf, x, y).x_adv
+    ours = PGD(eps=1.0, norm="l2", steps=10, alpha=0.2, random_start=False, early_stop=False)(mnist_clf, x, y).x_adv
     theirs = torchattacks.PGDL2(peer, eps=1.0, alpha=0.2, steps=10, random_start=False)(x, y)
     diff = (ours - theirs).abs().flatten(1).amax(1)
     assert float((diff < 1e-5).float().mean()) >= 0.9
     assert float(diff.max()) < 0.02
+
+
+@pytest.mark.parametrize("norm,eps,alpha", [("linf", 0.1, 0.01), ("l2", 1.0, 0.2)])
+def test_pgd_early_stop_keeps_the_trajectory_and_never_weakens(mnist_clf, peer, batch, norm, eps, alpha):
+    """Early stop (the default) against the final-iterate rule and torchattacks, same start: an image it never
+    froze ends where the full run ends; every image the full run fools is fooled; budgets hold; and the
+    frozen images spent fewer gradients."""
+    x, y = batch
+    kw = dict(eps=eps, norm=norm, steps=20, alpha=alpha, random_start=False)
+    full, early = PGD(early_stop=False, **kw)(mnist_clf, x, y), PGD(**kw)(mnist_clf, x, y)
+    frozen = early.gradients < 20
+    assert int(frozen.sum()) >= 4 and bool((early.success[frozen]).all())
+    assert bool((early.queries == early.gradients + 1).all())
+    same = (early.x_adv[~frozen] - full.x_adv[~frozen]).abs().flatten(1).amax(1) < 1e-5
+    assert float(same.float().mean()) >= 0.9
+    assert bool((early.success | ~full.success).all())
+    assert float((early.norms <= eps).float().mean()) == 1.0
+    theirs = (torchattacks.PGD if norm == "linf" else torchattacks.PGDL2)(peer, eps=eps, alpha=alpha, steps=20,
+                                                                           random_start=False)(x, y)
+    assert int(early.success.sum()) >= int(_fooled(mnist_clf, theirs, y).sum())
 
 
 # (c): minimal attacks at least as good as torchattacks on the same images
@@ -166,7 +187,8 @@ def test_stronger_settings_do_not_hurt(mnist_clf, batch):
     one = PGD(eps=0.1, steps=10, seed=0)(mnist_clf, x, y)
     more = PGD(eps=0.1, steps=10, restarts=3, seed=0)(mnist_clf, x, y)
     assert bool(more.success[one.success].all())       # restart 1 is identical, later ones only add
-    assert int(more.queries.max()) == 3 * 11 and int(more.queries.min()) >= 11
+    assert int(more.queries.max()) == 3 * 11
+    assert int(more.queries.min()) >= CHECK_EVERY + 2    # early stop: frozen at the first check at the soonest
 
 
 # (e): targeted

@@ -104,9 +104,46 @@ def pgd_steps(clf: Classifier, x: Tensor, x_adv: Tensor, loss_fn, *, eps: float,
     return x_adv
 
 
+CHECK_EVERY = 4   # steps between the checks of PGD's early stop (one host sync per check)
+
+
+def pgd_steps_until_fooled(clf: Classifier, x: Tensor, x_adv: Tensor, y: Tensor, target: Tensor | None, loss: str, *,
+                           eps: float, norm: str | Norm, steps: int, alpha: float) -> tuple[Tensor, Tensor]:
+    """:func:`pgd_steps` that stops attacking an image once an iterate fools the model.
+
+    Every :data:`CHECK_EVERY` steps the logits that the step's gradient pass computed anyway are checked: an
+    image whose current iterate (already projected, so inside the ball) is misclassified (untargeted) or
+    classified as ``target`` keeps that iterate and leaves the batch, so later steps run on fewer images.  The
+    images that stay follow exactly the trajectory of :func:`pgd_steps` (the model is evaluated per image), so
+    the attack is never weaker than the final-iterate rule; it returns the first fooling iterate found at a
+    check ("best iterate" in the sense of Croce & Hein 2020's APGD) instead of the last one.
+
+    Shapes: ``x``, ``x_adv`` (N, C, H, W), ``y``/``target`` (N,) -> (x_adv (N, C, H, W), gradients used (N,)).
+    """
+    ball = as_norm(norm)
+    out, used = x_adv.detach().clone(), torch.full((len(x),), steps, dtype=torch.long, device=x.device)
+    pos, xs, ys, ts = torch.arange(len(x), device=x.device), x, y, target
+    for t in range(steps):
+        grad, logits = input_gradient(clf, x_adv, lambda z: attack_loss(loss, z, ys, ts))
+        if t and t % CHECK_EVERY == 0:
+            done = fooled(logits, ys, ts)
+            keep = (~done).nonzero()[:, 0]                      # the host sync of this check
+            if len(keep) < len(pos):
+                out[pos[done]], used[pos[done]] = x_adv.detach()[done], t + 1
+                if len(keep) == 0:
+                    return out, used
+                pos, xs, ys, x_adv, grad = pos[keep], xs[keep], ys[keep], x_adv[keep], grad[keep]
+                ts = ts[keep] if ts is not None else None
+        x_adv = project(xs, x_adv.detach() + alpha * ball.normalize(grad), eps, ball)
+    out[pos] = x_adv
+    return out, used
+
+
 def pgd_run(clf: Classifier, x: Tensor, y: Tensor, target: Tensor | None, *, eps: float, norm: str | Norm, steps: int,
-            alpha: float, restarts: int, rand: bool, loss: str, gen: torch.Generator | None) -> AttackResult:
-    """The PGD loop shared by FGSM and PGD; see :class:`PGD`.  Only the restart loop syncs with the host."""
+            alpha: float, restarts: int, rand: bool, loss: str, gen: torch.Generator | None,
+            early_stop: bool = False) -> AttackResult:
+    """The PGD loop shared by FGSM and PGD; see :class:`PGD`.  Only the restart loop (and, with ``early_stop``,
+    one check every :data:`CHECK_EVERY` steps) syncs with the host."""
     x = x.clone() if x.is_inference() else x      # tensors made under inference_mode cannot enter autograd
     ball = as_norm(norm)
     idx = None                                    # images still attacked: all in the first run
@@ -115,24 +152,28 @@ def pgd_run(clf: Classifier, x: Tensor, y: Tensor, target: Tensor | None, *, eps
         xs, ys, ts = (x, y, target) if idx is None else (           # noise does not depend on who is left
             x[idx], y[idx], target[idx] if target is not None else None)
         x_adv = xs if noise is None else (xs + (noise if idx is None else noise[idx])).clamp(0, 1)
-        x_adv = pgd_steps(clf, xs, x_adv, lambda z: attack_loss(loss, z, ys, ts), eps=eps, norm=ball, steps=steps,
-                          alpha=alpha)
+        if early_stop:
+            x_adv, used = pgd_steps_until_fooled(clf, xs, x_adv, ys, ts, loss, eps=eps, norm=ball, steps=steps,
+                                                 alpha=alpha)
+        else:
+            x_adv = pgd_steps(clf, xs, x_adv, lambda z: attack_loss(loss, z, ys, ts), eps=eps, norm=ball,
+                              steps=steps, alpha=alpha)
+            used = torch.full((len(xs),), steps, dtype=torch.long, device=x.device)
         x_adv = enforce_budget(xs, x_adv, eps, ball)
         with torch.no_grad():
             logits = clf(x_adv)
             value, ok = attack_loss(loss, logits, ys, ts), fooled(logits, ys, ts)
         if idx is None:
             best_x, best_logits, best_loss, best_ok = x_adv, logits, value, ok
-            queries = torch.full((len(x),), steps + 1, dtype=torch.long, device=x.device)
-            gradients = torch.full_like(queries, steps)
+            queries, gradients = used + 1, used.clone()
         else:                                    # only unfooled images ran: a success, else a higher loss wins
             better = ok | (value > best_loss[idx])
             best_x[idx] = torch.where(better.view(-1, *([1] * (x.ndim - 1))), x_adv, best_x[idx])
             best_logits[idx] = torch.where(better[:, None], logits, best_logits[idx])
             best_loss[idx] = torch.where(better, value, best_loss[idx])
             best_ok[idx] = ok
-            queries[idx] += steps + 1
-            gradients[idx] += steps
+            queries[idx] += used + 1
+            gradients[idx] += used
         if r + 1 < restarts:                     # one host sync per restart, never per step
             idx = (~best_ok).nonzero()[:, 0]
             if len(idx) == 0:
@@ -194,11 +235,17 @@ class PGD(FixedBudgetAttack):
         random_start: start uniformly in the ball (L∞: uniform box; L2: uniform in the ball).
         seed: seeds the random starts (None: global RNG).
         loss: ``"ce"`` or ``"margin"`` (Carlini-Wagner margin, better on saturated models).
+        early_stop: stop attacking an image once an iterate fools the model (checked every
+            :data:`CHECK_EVERY` steps on logits computed anyway) and return that iterate; the other
+            images follow the same trajectory as without it, so the attack is never weaker, and it is
+            cheaper (:func:`pgd_steps_until_fooled`).  ``False``: every image takes all ``steps`` and the
+            last iterate is returned (torchattacks' and Madry et al.'s rule).
 
     Shapes: ``x`` (N, C, H, W) in [0, 1], ``y`` (N,), ``target`` (N,) or None ->
     :class:`AttackResult` with ``x_adv`` (N, C, H, W), ``success``/``norms``/``queries``/``gradients`` (N,),
     ``extras["logits"]`` (N, K) at ``x_adv`` and ``extras["loss"]`` (N,).
-    Per restart an image costs ``steps`` gradients and ``steps + 1`` forward passes.
+    Per restart an image costs at most ``steps`` gradients and ``steps + 1`` forward passes (fewer once fooled
+    with ``early_stop``; ``gradients``/``queries`` count what was spent).
 
     Example::
 
@@ -217,9 +264,11 @@ class PGD(FixedBudgetAttack):
     random_start: bool = True
     seed: int | None = 0
     loss: str = "ce"
+    early_stop: bool = True
 
     def __post_init__(self) -> None:
         check_common(self)
+        self.early_stop = bool(self.early_stop)
         check_number(self, "steps", low=1, integer=True)
         check_number(self, "restarts", low=1, integer=True)
         check_number(self, "alpha", strict=True, none_ok=True)
@@ -234,4 +283,5 @@ class PGD(FixedBudgetAttack):
     def run(self, classifier: Classifier, x: Tensor, y: Tensor, target: Tensor | None) -> AttackResult:
         return pgd_run(classifier, x, y, target, eps=self.eps, norm=self.norm, steps=self.steps,
                        alpha=self.step_size, restarts=self.restarts if self.random_start else 1,
-                       rand=self.random_start, loss=self.loss, gen=self.generator(self.seed, x.device))
+                       rand=self.random_start, loss=self.loss, gen=self.generator(self.seed, x.device),
+                       early_stop=self.early_stop)
