@@ -68,7 +68,7 @@ def conclusions(out: Path) -> dict:
     rob = r["sections"]["robustness"]
     worst = rob["metrics"]["worst_case_robust_accuracy"]
     return {"verdict": (r.get("headline") or {}).get("verdict") or r.get("verdict"),
-            "flags": sorted(f["id"] for f in rob.get("flags", [])),
+            "flags": sorted(f["code"] for f in rob.get("flags", [])),
             "clean": rob["metrics"]["clean_accuracy"],
             "worst": {norm: [round(v, 3) for e, v in sorted(c.items(), key=lambda kv: float(kv[0])) if float(e) > 0]
                       for norm, c in worst.items()}}

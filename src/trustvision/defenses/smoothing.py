@@ -43,7 +43,6 @@ from typing import Callable, ClassVar, Sequence
 
 import numpy as np
 import torch
-from scipy.stats import beta, binom, norm
 from torch import Tensor, nn
 
 from ..attacks.base import log_mean_softmax
@@ -63,6 +62,7 @@ def clopper_pearson_lower(successes: np.ndarray | Sequence[int] | int, trials: n
     ``Beta⁻¹(alpha; k, n − k + 1)`` and 0 where ``k = 0``; equal to the lower end of the two-sided
     interval at level ``2·alpha`` (``statsmodels``' ``proportion_confint(k, n, 2 * alpha, "beta")``).
     """
+    from scipy.stats import beta              # scipy.stats costs about a second to import: only when used
     k = np.asarray(successes, dtype=np.float64)
     n = np.asarray(trials, dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -76,18 +76,21 @@ def binomial_p_value(n_a: np.ndarray | Sequence[int] | int, n_b: np.ndarray | Se
     Equals ``scipy.stats.binomtest(n_a, n_a + n_b, 0.5).pvalue``: by symmetry ``min(1, 2·F(min(n_a, n_b)))``
     with ``F`` the Bin(n_a + n_b, 1/2) distribution function.
     """
+    from scipy.stats import binom
     a, b = np.asarray(n_a, dtype=np.int64), np.asarray(n_b, dtype=np.int64)
     return np.minimum(1.0, 2.0 * binom.cdf(np.minimum(a, b), a + b, 0.5))
 
 
 def radius_from_bound(p_lower: np.ndarray, sigma: float) -> np.ndarray:
     """Certified L2 radius ``σ·Φ⁻¹(p̲_A)`` where ``p̲_A ≥ 1/2``, and 0 elsewhere (abstentions)."""
+    from scipy.stats import norm
     p = np.asarray(p_lower, dtype=np.float64)
     return np.where(p >= 0.5, sigma * norm.ppf(np.maximum(p, 0.5)), 0.0)
 
 
 def max_certifiable_radius(sigma: float, n: int, alpha: float) -> float:
     """The largest radius CERTIFY can return with ``n`` samples: every sample votes ``ĉ_A``, ``p̲_A = α^(1/n)``."""
+    from scipy.stats import norm
     return float(sigma * norm.ppf(alpha ** (1.0 / n)))
 
 

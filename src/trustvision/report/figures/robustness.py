@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from matplotlib.patches import Rectangle
 
 from ..labels import budget_short, norm_name, pct, relabel
 from .common import (as_numpy, figure_helper, legend_outside, percent_axis, pick_examples, plain, save,
@@ -99,6 +100,10 @@ def _distance(delta: np.ndarray, norm: str | None) -> str:
     return f"L∞={linf:.3g}, L2={l2:.3g}"
 
 
+TILE_IN, GAP_IN, TRIPLET_GAP_IN, TITLE_IN = 1.7, 0.12, 0.45, 0.55
+"""Inches: an image's longer side, the gap inside a triplet, between triplets, and the title room above a row."""
+
+
 @figure_helper
 def example_grid(x: Any, x_adv: Any, y: Any, pred_clean: Any, pred_adv: Any, conf_clean: Any, conf_adv: Any,
                  labels: Sequence[str], path: str | Path, *, max_examples: int = 8, norm: str | None = None,
@@ -106,7 +111,9 @@ def example_grid(x: Any, x_adv: Any, y: Any, pred_clean: Any, pred_adv: Any, con
     """(original | adversarial | amplified perturbation) triplets for up to ``max_examples`` images.
 
     Images are chosen fooled first and spread over the classes (:func:`.common.pick_examples`); two
-    triplets share a row when there are more than four, so eight examples take four rows.
+    triplets share a row when there are more than four, so eight examples take four rows.  The tiles are
+    composed into one RGB mosaic drawn on a single axes (titles as text above each tile), which renders
+    several times faster than one axes per tile.
 
     Args:
         x, x_adv: (N, C, H, W) images in [0, 1], C = 1 or 3 (torch or NumPy, any device).
@@ -130,21 +137,34 @@ def example_grid(x: Any, x_adv: Any, y: Any, pred_clean: Any, pred_adv: Any, con
     n = len(pick)
     per = per_row or (1 if n <= 4 else 2)
     rows = max(-(-n // per), 1)
-    fig, axes = subplots(rows, 3 * per, figsize=(6.6 * per, 2.3 * rows))
-    for ax in axes.reshape(-1):
-        ax.axis("off")
+    h, w = x.shape[-2:]
+    inch = TILE_IN / max(h, w)                     # inches per image pixel
+    gap, gap3, top = (max(1, round(v / inch)) for v in (GAP_IN, TRIPLET_GAP_IN, TITLE_IN))
+    left = [(j // 3) * (3 * w + 2 * gap + gap3) + (j % 3) * (w + gap) for j in range(3 * per)]
+    width, height = per * (3 * w + 2 * gap) + (per - 1) * gap3, rows * (h + top)
+    canvas = np.ones((height, width, 3), np.float32)
+    fig, ax = subplots(figsize=(width * inch, height * inch))
+    fig.subplots_adjust(0, 0, 1, 1)
+    ax.axis("off")
     if n == 0:
-        axes[0, 1].text(0.5, 0.5, "no examples", ha="center", va="center")
+        ax.text(width / 2, height / 2, "no examples", ha="center", va="center")
     for slot, i in enumerate(pick):
-        _triplet(axes[slot // per, 3 * (slot % per): 3 * (slot % per) + 3], x[i], xa[i], int(y[i]), int(pc[i]),
-                 int(pa[i]), float(cc[i]), float(ca[i]), labels, norm, amplify, head=slot < per)
-    fig.tight_layout()
+        tiles, titles = _triplet(x[i], xa[i], int(y[i]), int(pc[i]), int(pa[i]), float(cc[i]), float(ca[i]), labels,
+                                 norm, amplify, head=slot < per)
+        y0 = (slot // per) * (h + top) + top
+        for x0, tile, (text, color) in zip(left[3 * (slot % per):], tiles, titles):
+            canvas[y0:y0 + h, x0:x0 + w] = tile
+            ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), w, h, fill=False, lw=0.8, ec="black"))
+            ax.text(x0 + w / 2, y0 - 0.06 / inch, text, ha="center", va="bottom", fontsize=8, color=color)
+    ax.imshow(canvas, interpolation="nearest", extent=(-0.5, width - 0.5, height - 0.5, -0.5))
+    ax.set_xlim(-1.5, width + 0.5)                 # a pixel of margin: the frames are not clipped
+    ax.set_ylim(height + 0.5, -1.5)
     save(fig, path)
 
 
-def _triplet(row, x, xa, y: int, pc: int, pa: int, cc: float, ca: float, labels, norm, amplify, *, head: bool):
-    """Draw one (original | adversarial | perturbation) triplet on three axes."""
-    cmap = "gray" if x.shape[0] == 1 else None
+def _triplet(x, xa, y: int, pc: int, pa: int, cc: float, ca: float, labels, norm, amplify, *,
+             head: bool) -> tuple[list[np.ndarray], list[tuple[str, str]]]:
+    """One (original | adversarial | perturbation) triplet: three (H, W, 3) RGB tiles and their (title, colour)."""
     delta = xa - x
     peak = float(np.abs(delta).max()) if delta.size else 0.0
     k = amplify if amplify is not None else (0.5 / peak if peak > 0 else 1.0)
@@ -153,13 +173,10 @@ def _triplet(row, x, xa, y: int, pc: int, pa: int, cc: float, ca: float, labels,
                "black" if pc == y else "tab:red"),
               (f"pred {short_label(labels, pa)} ({ca:.2f})", "tab:red" if pa != y else "tab:green"),
               (f"×{k:.3g}, {_distance(delta, norm)}", "black")]
-    for ax, img, (text, color), head_text in zip(row, (x, xa, pert), titles, ("original", "adversarial",
-                                                                              "perturbation")):
-        ax.axis("on")
-        ax.imshow(to_image(img), cmap=cmap, vmin=0, vmax=1)
-        ax.set_title(f"{head_text}\n{text}" if head else text, fontsize=8, color=color)
-        ax.set_xticks([])
-        ax.set_yticks([])
+    heads = ("original", "adversarial", "perturbation")
+    tiles = [to_image(img) for img in (x, xa, pert)]
+    tiles = [np.repeat(t[..., None], 3, axis=2) if t.ndim == 2 else t for t in tiles]   # grey -> RGB
+    return tiles, [(f"{hd}\n{text}" if head else text, color) for hd, (text, color) in zip(heads, titles)]
 
 
 @figure_helper
