@@ -8,6 +8,7 @@ robust accuracies (of all 200 images) so that cheaper demo settings can be judge
     python bench/demo_parts.py cw '{"binary_search_steps":5,"steps":100,"lr":0.05}' \
         '{"binary_search_steps":3,"steps":100,"lr":0.05,"initial_const":0.1}'
     python bench/demo_parts.py conv 0.1 200x3 100x2 80x2 120x1    # base PGD-40 at eps 0.1 vs strong STEPSxRESTARTS
+    python bench/demo_parts.py earlystop 0.05 0.1 0.3              # PGD-40 L-inf with and without early stop
 
 GPU: add ``--device cuda`` support before using it there (CPU only today).
 """
@@ -51,3 +52,10 @@ elif what == "conv":
         strong = float((~r.success).float().mean())
         print("strong", spec, strong, "diff %.3f" % (float(base.float().mean()) - strong), "grads", int(r.gradients.sum()),
               "cpu %.1f" % (time.process_time() - t), flush=True)
+elif what == "earlystop":
+    for e in map(float, sys.argv[2:]):
+        for early in (False, True):
+            t = time.process_time()
+            r = run_batched(PGD(eps=e, norm="linf", steps=40, seed=0, early_stop=early), clf, xs, ys, 128)
+            print("eps", e, "early_stop", early, "succ", int(r.success.sum()), "grads", int(r.gradients.sum()),
+                  "cpu %.2f" % (time.process_time() - t), flush=True)

@@ -61,7 +61,7 @@ from .base import perturbation_norms
 from .deepfool import DeepFool
 from .gradient import check_number
 from .norms import BALL_NORMS, as_norm
-from .universal_steps import Split, choose, forward, masked_sum, project_v, replay
+from .universal_steps import Split, choose, forward, masked_sum, predict_rows, project_v, replay
 
 METHODS = ("fgsm", "deepfool", "sgd")
 STEP_RULES = ("batched", "art")
@@ -216,8 +216,9 @@ class UniversalPerturbation:
         """One mini-batch of the ``fgsm`` generator on this rank's rows ``xb`` (n, C, H, W); returns the new ``v``.
 
         Cost per image: one forward+backward (its logits also say which images ``v`` already fools), one
-        forward of ``x + v + step`` fused with the sum candidate's forward (2n in one call), and, for the
-        batched rule, one forward of the replay candidate."""
+        forward of ``x + v + step`` for the images not yet fooled (on the CPU; every image on an accelerator,
+        :func:`~.universal_steps.predict_rows`) fused with the sum candidate's forward, and, for the batched
+        rule, one forward of the replay candidate."""
         xv = (xb + v).clamp(0, 1).requires_grad_(True)
         with torch.enable_grad():
             logits = clf(xv)
@@ -230,12 +231,8 @@ class UniversalPerturbation:
             art = self.step_rule == "art"                        # ART's FGSM: a fixed L-inf sign step
             r = step * (g.sign() if art else as_norm(self.norm).normalize(g))    # per-image FGSM steps from x + v
             stepped = (xb + v + r).clamp(0, 1)
-            if art:
-                p_step = forward(clf, stepped).argmax(1)
-            else:
-                v_sum = masked_sum(sp, v, r, todo, eps, self.norm)
-                both = forward(clf, torch.cat([stepped, (xb + v_sum).clamp(0, 1)]))
-                p_step, l_sum = both[:len(xb)].argmax(1), both[len(xb):]
+            v_sum = None if art else masked_sum(sp, v, r, todo, eps, self.norm)
+            p_step, l_sum = predict_rows(clf, stepped, todo, None if art else (xb + v_sum).clamp(0, 1))
             flips = todo & ((p_step == t) if t is not None else (p_step != lab))
             v_seq = replay(sp, xb, v, r, flips, eps, self.norm)  # H&T / ART: in order, the step must flip the image
             if art:

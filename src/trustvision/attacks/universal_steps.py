@@ -155,6 +155,26 @@ def choose(split: Split, cands: list[Tensor], logits: list[Tensor], lab: Tensor,
     return torch.cat(cands).index_select(0, best.view(1))
 
 
+def predict_rows(clf: Classifier, x: Tensor, rows: Tensor, extra: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """Predicted classes (n,) of ``x`` (n, C, H, W) on the rows where ``rows`` (n,) is True (-1 on the others),
+    and the logits of ``extra`` (m, C, H, W) from the same forward call (None without ``extra``).
+
+    On the CPU only the wanted rows are evaluated: picking them needs their count on the host, which costs
+    nothing there.  On an accelerator every row is evaluated (fixed shapes, no host sync) and the others are
+    masked.  Same predictions either way for a model that treats images independently (eval mode)."""
+    pick = x.device.type == "cpu"
+    idx = rows.nonzero()[:, 0] if pick else None
+    xs = x[idx] if pick else x
+    logits = forward(clf, xs if extra is None else torch.cat([xs, extra]))
+    part = logits[:len(xs)].argmax(1)
+    if pick:
+        pred = torch.full((len(x),), -1, dtype=part.dtype, device=x.device)
+        pred[idx] = part
+    else:
+        pred = torch.where(rows, part, torch.full_like(part, -1))
+    return pred, (None if extra is None else logits[len(xs):])
+
+
 def forward(clf: Classifier, x: Tensor) -> Tensor:
     """Logits (n, classes) of ``x`` (n, C, H, W), forward only."""
     with torch.inference_mode():
