@@ -22,11 +22,12 @@ Presets:
 
 * ``large`` — the larger run of issue 17: the 12-network zoo (``ZOO_12``), all 10 classes, all 4 000
   training digits, 5 epochs, 100 attacked images, seeds 0, 1, 2, few-pixel th=10 + threshold eps=0.2 (DE).
-  132 models per seed.  Too large for a shared 2-core machine: ``--estimate`` prints its projected CPU time
-  from a timing of every architecture (a few seconds each) without running it.  It runs unchanged on
-  several processes or GPUs (``docs/distributed.md``), e.g.::
+  132 models per seed: seed 0 took 49 min on 2 CPU processes (2026-11-30, docs/zeroshot.md "The larger
+  run").  ``--estimate`` prints its projected CPU time from a timing of every architecture (a few seconds
+  each) without running it.  It runs unchanged on several processes or GPUs (``docs/distributed.md``)::
 
       OMP_NUM_THREADS=1 python examples/zeroshot_mnist.py --preset large --estimate
+      OMP_NUM_THREADS=1 torchrun --nproc-per-node 2 examples/zeroshot_mnist.py --preset large --seeds 0 --out zs-large
       torchrun --nproc-per-node 8 examples/zeroshot_mnist.py --preset large --device cuda --out zs-large
 
 ``--zoo`` prints the parameters and multiply-accumulates of each architecture (the zoo table of
