@@ -216,6 +216,33 @@ def test_mce_and_monotone_flag_by_formula():
     assert not monotone_flags(flat, ["x"], [1, 2, 3], 10)           # within the binomial margin on 10 images
 
 
+def test_corruptions_do_not_depend_on_the_forward_batch():
+    """Noise is drawn in fixed blocks (NOISE_BLOCK images): the corrupted images, accuracies and kept images
+    are the same for every forward batch size, across block boundaries, with forward_batch choosing."""
+    from trustvision.evaluation.sections.corruptions import NOISE_BLOCK, corrupted_batches
+    from trustvision.models.classifier import Classifier
+    n = NOISE_BLOCK + 45
+    x = torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    for name in ("gaussian_noise", "impulse_noise", "motion_blur", "contrast"):
+        runs = []
+        for bs in (7, 64, NOISE_BLOCK, 1000):
+            gen = torch.Generator().manual_seed(5)
+            parts = list(corrupted_batches(x, name, 3, generator=gen, batch_size=bs, device=torch.device("cpu")))
+            assert [b for b, _ in parts] == list(range(0, n, bs)) and max(len(p) for _, p in parts) <= bs
+            runs.append(torch.cat([p for _, p in parts]))
+        assert runs[0].shape == x.shape and all(torch.equal(runs[0], r) for r in runs[1:]), name
+    torch.manual_seed(0)
+    clf = Classifier(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3)), num_classes=3, channels=1)
+    y = torch.randint(0, 3, (n,), generator=torch.Generator().manual_seed(1))
+    cfg = CorruptionsConfig(corruptions=["gaussian_noise", "impulse_noise"], severities=[1, 5])
+    acc, kept = corruption_accuracy(clf, x, y, cfg, keep=2)
+    for bs in (1, 13, 500):
+        acc_b, kept_b = corruption_accuracy(clf, x, y, cfg, batch_size=bs, keep=2)
+        assert torch.equal(acc, acc_b) and torch.equal(kept, kept_b), bs
+    with pytest.raises(TrustVisionError, match="batch_size"):
+        CorruptionsConfig(batch_size=0)
+
+
 @pytest.mark.slow
 def test_severity_monotone_on_mnist_and_section(mnist_clf, mnist_test, tmp_path):
     data = mnist_test.subset(range(200))

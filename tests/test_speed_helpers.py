@@ -173,3 +173,16 @@ def test_faithfulness_curves_do_not_depend_on_the_forward_batch():
     for r in runs[1:]:
         assert torch.allclose(r.deletion, runs[0].deletion, atol=1e-5)
         assert torch.allclose(r.insertion, runs[0].insertion, atol=1e-5)
+
+
+def test_helper_reads_a_bare_module_and_commands_default_to_it():
+    """A bare nn.Module (an anomaly detector's network) counts its own weights; certify, corruptions and
+    anomaly leave --batch-size to forward_batch unless given."""
+    from trustvision.cli import app
+    big = nn.Linear(4096, 1024)                           # 16 MiB of weights: the weight term decides
+    assert forward_batch(big, "cpu", sample_shape=(3, 64, 64)) == 128
+    assert forward_batch(nn.Identity(), "cpu", sample_shape=(3, 64, 64)) == batching.CPU_MIN     # cache term: 5
+    for cmd in ("certify", "corruptions", "anomaly"):
+        r = CliRunner().invoke(app, [cmd, "--help"], env={"COLUMNS": "400", "TERM": "dumb"})
+        line = next(ln for ln in r.output.splitlines() if "--batch-size" in ln)
+        assert "default: " in line and "chosen by device (trustvision.batching.forward_batch)" in line, cmd

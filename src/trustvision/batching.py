@@ -57,8 +57,8 @@ def _gpu_budget(device: torch.device) -> int:
 
 
 def _weight_bytes(classifier: Any) -> int:
-    """Bytes of the classifier's parameters (0 when it has no ``module`` with parameters)."""
-    module = getattr(classifier, "module", None)
+    """Bytes of the classifier's parameters: its ``module``'s, or its own when it is an ``nn.Module`` (else 0)."""
+    module = classifier if isinstance(classifier, torch.nn.Module) else getattr(classifier, "module", None)
     try:
         return sum(p.numel() * p.element_size() for p in module.parameters()) if module is not None else 0
     except (AttributeError, TypeError, RuntimeError):
@@ -83,7 +83,8 @@ def forward_batch(classifier: Any, device: str | torch.device | None = None, *, 
 
     Args:
         classifier: the model (a :class:`~trustvision.models.classifier.Classifier`; its ``input_size``
-            and ``precision`` are read when present).
+            and ``precision`` are read when present), or a bare ``nn.Module`` such as an anomaly detector's
+            network (its own parameters are the weights).
         device: where the forward passes run (default: the classifier's ``device``, else the CPU).
         sample_shape: one input's shape ``(C, H, W)``.
         override: a user's choice (``--batch-size``); returned as is when given (an integer >= 1).

@@ -25,7 +25,8 @@ def certify(model: ModelArgs, data: DataOpt, out: OutOpt = Path("trustvision-cer
             images: Annotated[int, typer.Option("--images", help="images to certify")] = 100,
             radii: Annotated[Optional[str], typer.Option(help="radii of the curve, e.g. 0,0.25,0.5,0.75,1")] = None,
             batch_size: Annotated[Optional[int], typer.Option(
-                "--batch-size", help="noisy images per forward pass (default: chosen for the device)")] = None,
+                "--batch-size", help="noisy images per forward pass (default: chosen by device "
+                                     "(trustvision.batching.forward_batch))")] = None,
             seed: SeedOpt = 0,
             fail_under: Annotated[Optional[list[str]], typer.Option(
                 "--fail-under", help="METRIC=VALUE gate, e.g. certified_accuracy@0.5=0.6")] = None,

@@ -31,7 +31,9 @@ def corruptions(model: ModelArgs, data: DataOpt, out: OutOpt = Path("trustvision
                 scale: Annotated[Optional[float], typer.Option(
                     help="multiplier of pixel-sized parameters (blur radii); default min(1, side/224)")] = None,
                 images: Annotated[int, typer.Option("--images", help="images to corrupt")] = 500,
-                batch_size: Annotated[int, typer.Option("--batch-size", help="images per device batch")] = 256,
+                batch_size: Annotated[Optional[int], typer.Option(
+                    "--batch-size", help="images per forward pass (default: chosen by device "
+                                         "(trustvision.batching.forward_batch))")] = None,
                 seed: SeedOpt = 0, fail_under: FailUnderOpt = None, no_resume: NoResumeOpt = False,
                 max_pixels: MaxPixelsOpt = MAX_PIXELS, skip_bad_images: SkipBadOpt = False,
                 output: OutputArgs = OutputArgs()) -> None:
@@ -41,7 +43,7 @@ def corruptions(model: ModelArgs, data: DataOpt, out: OutOpt = Path("trustvision
     if images < 1:
         raise TrustVisionError(f"--images must be >= 1, got {images}")
     kw: dict = {"baseline": baseline, "baseline_arch": baseline_arch or (model.arch if baseline else None),
-                "scale": scale, "seed": seed}
+                "scale": scale, "seed": seed, "batch_size": batch_size}
     if only:
         kw["corruptions"] = [c.strip() for c in only.split(",") if c.strip()]
     if severities:
@@ -55,7 +57,7 @@ def corruptions(model: ModelArgs, data: DataOpt, out: OutOpt = Path("trustvision
         raise TrustVisionError(f"--corruptions: {e}" if "corruption '" in str(e) else str(e)) from None
     classifier = model.load()
     ds = DataArgs(data, max_pixels=max_pixels, skip_bad=skip_bad_images).load(classifier)
-    cfg = AuditConfig(sections=["clean", "corruptions"], n_images=images, batch_size=batch_size, seed=seed,
+    cfg = AuditConfig(sections=["clean", "corruptions"], n_images=images, batch_size=batch_size or 256, seed=seed,
                       corruptions=cfg_c, gates=list(fail_under or []), resume=not no_resume)
     cfg.check_gates()
     code = run_audit(classifier, ds, cfg, out, data, output=output)

@@ -89,8 +89,8 @@ def _patch(i: SectionInputs, cfg: PatchConfig) -> SectionResult:
 
 
 def _corruptions(i: SectionInputs, cfg: CorruptionsConfig) -> SectionResult:
-    return corruptions_section(i.classifier, i.data, i.clean_logits, cfg, batch_size=i.batch_size, out_dir=i.out_dir,
-                               progress=i.progress)
+    # forward batches: cfg.batch_size, else forward_batch (not the audit's --batch-size, which sizes gradient work)
+    return corruptions_section(i.classifier, i.data, i.clean_logits, cfg, out_dir=i.out_dir, progress=i.progress)
 
 
 SECTIONS.add("clean", Section(None, None, default=True), help="clean accuracy, per-class accuracy, output checks")

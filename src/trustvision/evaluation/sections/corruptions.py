@@ -13,6 +13,10 @@ severity (batched on the device, seeded per corruption and severity) and classif
   :func:`~..soundness.tolerance`): a severity scale that does not hurt more at higher levels usually
   means the corruption does not fit the image size or range (e.g. a blur radius below one pixel).
 
+Forward passes take :func:`trustvision.batching.forward_batch` images (``batch_size`` / ``--batch-size``
+overrides it); the random corruptions draw their noise in fixed blocks of :data:`NOISE_BLOCK` images, so the
+corrupted images, and the accuracies, never depend on the forward batch size.
+
 Shapes: images (N, C, H, W) in [0, 1]; labels (N,).
 """
 from __future__ import annotations
@@ -21,10 +25,12 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from torch import Tensor
 
+from ...batching import forward_batch
 from ...data.dataset import Dataset
 from ...errors import TrustVisionError
 from ...models.classifier import Classifier
@@ -32,6 +38,8 @@ from ...physical.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from ...progress import Progress, Quiet
 from ...results import Figure, Flag, SectionResult, Table
 from ..soundness import tolerance
+
+NOISE_BLOCK = 256       # images corrupted per draw from a generator (the former default forward batch)
 
 
 @dataclass
@@ -42,6 +50,7 @@ class CorruptionsConfig:
     :mod:`trustvision.physical.corruptions`).  ``baseline``: a model spec (``trustvision.load_model``) for
     mCE, or None; it is loaded like the audited model (same classes, channels, input size, mean and std; the
     architecture ``baseline_arch`` for a state-dict file).  ``n_images``: the first images of the audit's sample (None: all).
+    ``batch_size``: images per forward pass (None: :func:`trustvision.batching.forward_batch` for the device).
     """
 
     corruptions: list[str] = field(default_factory=lambda: list(CORRUPTIONS.names()))
@@ -50,6 +59,7 @@ class CorruptionsConfig:
     scale: float | None = None
     baseline: str | None = None
     baseline_arch: str | None = None
+    batch_size: int | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -65,17 +75,47 @@ class CorruptionsConfig:
             raise TrustVisionError(f"corruptions: n_images must be >= 1, got {self.n_images}")
         if self.scale is not None and not (self.scale > 0):
             raise TrustVisionError(f"corruptions: scale must be > 0, got {self.scale}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise TrustVisionError(f"corruptions: batch_size (--batch-size) must be >= 1, got {self.batch_size}")
 
 
-def corruption_accuracy(clf: Classifier, x: Tensor, y: Tensor, cfg: CorruptionsConfig, *, batch_size: int = 256,
-                        progress: Progress | None = None, keep: int = 0) -> tuple[Tensor, Tensor | None]:
+def corrupted_batches(x: Tensor, name: str, severity: int, *, generator: torch.Generator, batch_size: int,
+                      device: torch.device, scale: float | None = None) -> Iterator[tuple[int, Tensor]]:
+    """Yield ``(start, images (b, C, H, W))``: ``x`` (N, C, H, W) corrupted, in consecutive batches of ``batch_size``.
+
+    The corruption draws from ``generator`` in fixed blocks of :data:`NOISE_BLOCK` images, whatever
+    ``batch_size`` is, so the concatenated batches are the same images for every batch size.
+    """
+    pending: list[Tensor] = []
+    held = start = 0
+    for b in range(0, len(x), NOISE_BLOCK):
+        pending.append(corrupt(x[b:b + NOISE_BLOCK].to(device), name, severity, generator=generator, scale=scale))
+        held += len(pending[-1])
+        last = b + NOISE_BLOCK >= len(x)
+        if held < batch_size and not last:
+            continue
+        buf = torch.cat(pending) if len(pending) > 1 else pending[0]
+        cut = len(buf) if last else len(buf) - len(buf) % batch_size
+        for k in range(0, cut, batch_size):
+            yield start + k, buf[k:k + batch_size]
+        start, held = start + cut, len(buf) - cut
+        pending = [buf[cut:]] if held else []
+
+
+def corruption_accuracy(clf: Classifier, x: Tensor, y: Tensor, cfg: CorruptionsConfig, *,
+                        batch_size: int | None = None, progress: Progress | None = None,
+                        keep: int = 0) -> tuple[Tensor, Tensor | None]:
     """Accuracy (R, S) of ``clf`` on ``x`` (N, C, H, W), ``y`` (N,) under R corruptions × S severities.
 
     Each (corruption, severity) draws from its own generator, seeded from ``cfg.seed`` and its position, so
     two models see the same corrupted images.  ``keep`` > 0 also returns the corrupted versions of the first
-    ``keep`` images, (R, S, keep, C, H, W) on the CPU.  Forward passes in inference mode.
+    ``keep`` images, (R, S, keep, C, H, W) on the CPU.  Forward passes in inference mode, ``batch_size``
+    images each (None: ``cfg.batch_size``, else :func:`~trustvision.batching.forward_batch`); the results
+    do not depend on it (see :func:`corrupted_batches`).
     """
     dev = clf.device
+    fb = forward_batch(clf, dev, sample_shape=x.shape[1:], override=batch_size if batch_size is not None
+                       else cfg.batch_size)
     r, s = len(cfg.corruptions), len(cfg.severities)
     hits = torch.zeros(r, s, device=dev)
     kept = torch.zeros(r, s, keep, *x.shape[1:]) if keep else None
@@ -84,11 +124,11 @@ def corruption_accuracy(clf: Classifier, x: Tensor, y: Tensor, cfg: CorruptionsC
         for i, name in enumerate(cfg.corruptions):
             for j, sev in enumerate(cfg.severities):
                 gen = torch.Generator(device=dev).manual_seed(cfg.seed * 1000 + 31 * i + sev)
-                for b in range(0, len(x), batch_size):
-                    xb = corrupt(x[b:b + batch_size].to(dev), name, sev, generator=gen, scale=cfg.scale)
-                    hits[i, j] += (clf(xb).argmax(1) == y[b:b + batch_size].to(dev)).sum()
-                    if kept is not None and b == 0:
-                        kept[i, j] = xb[:keep].cpu()
+                for b, xb in corrupted_batches(x, name, sev, generator=gen, batch_size=fb, device=dev,
+                                               scale=cfg.scale):
+                    hits[i, j] += (clf(xb).argmax(1) == y[b:b + len(xb)].to(dev)).sum()
+                    if kept is not None and b < keep:
+                        kept[i, j, b:b + len(xb[:keep - b])] = xb[:keep - b].cpu()
                 advance(1)
     return (hits / max(len(x), 1)).cpu(), kept
 
@@ -139,15 +179,17 @@ def load_baseline(clf: Classifier, spec: str, arch: str | None = None) -> Classi
 
 
 def corruptions_section(clf: Classifier, data: Dataset, clean_logits: Tensor, cfg: CorruptionsConfig | None = None,
-                        *, baseline: Classifier | None = None, out_dir: Path | None = None, batch_size: int = 256,
-                        progress: Progress | None = None) -> SectionResult:
+                        *, baseline: Classifier | None = None, out_dir: Path | None = None,
+                        batch_size: int | None = None, progress: Progress | None = None) -> SectionResult:
     """Accuracy table, mean corruption accuracy, (relative) mCE against ``baseline``, heat-map and grid.
 
     ``clean_logits``: (N, K) logits of the clean pass.  ``baseline``: a second classifier for mCE
-    (None: loaded from ``cfg.baseline`` when that is set).
+    (None: loaded from ``cfg.baseline`` when that is set).  ``batch_size``: images per forward pass
+    (None: ``cfg.batch_size``, else :func:`~trustvision.batching.forward_batch` per model).
     """
     t0 = time.perf_counter()
     cfg = cfg or CorruptionsConfig()
+    batch_size = batch_size if batch_size is not None else cfg.batch_size
     if baseline is None and cfg.baseline:
         baseline = load_baseline(clf, cfg.baseline, cfg.baseline_arch)
     n = len(data) if cfg.n_images is None else min(cfg.n_images, len(data))
@@ -163,7 +205,8 @@ def corruptions_section(clf: Classifier, data: Dataset, clean_logits: Tensor, cf
     tables = [table]
     if baseline is not None:
         with torch.inference_mode():
-            base_clean = float((baseline.predict(x, batch_size).argmax(1).cpu() == y).float().mean())
+            bb = forward_batch(baseline, baseline.device, sample_shape=x.shape[1:], override=batch_size)
+            base_clean = float((baseline.predict(x, bb).argmax(1).cpu() == y).float().mean())
         base_acc, _ = corruption_accuracy(baseline, x, y, cfg, batch_size=batch_size, progress=progress)
         errs = corruption_errors(acc, clean_acc, base_acc, base_clean)
         metrics.update(mce=errs["mce"], relative_mce=errs["relative_mce"], baseline=baseline.name,
