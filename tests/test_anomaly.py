@@ -135,6 +135,26 @@ def test_attack_curves_budget_zero_is_clean(backbone, tiny):
     assert c["false_alarm_rate"][1] >= c["false_alarm_rate"][0]
 
 
+def test_patchcore_scores_do_not_depend_on_the_forward_batch(backbone, tiny):
+    """Memory bank and scores are the same (float tolerance) for a given batch size and for forward_batch's;
+    the section's score_all gives the same in chunks as in one call."""
+    from trustvision.anomaly.section import score_all
+    normal, test = tiny
+    auto = PatchCore(backbone, coreset_ratio=1.0, sigma=1.0).fit(normal)
+    small = PatchCore(backbone, coreset_ratio=1.0, sigma=1.0, batch_size=3).fit(normal)
+    torch.testing.assert_close(small.memory_bank, auto.memory_bank, rtol=1e-5, atol=1e-5)
+    ref = auto.score(test)
+    for det in (small, PatchCore(backbone, coreset_ratio=1.0, sigma=1.0, batch_size=100).fit(normal)):
+        got = det.score(test)
+        torch.testing.assert_close(got.scores, ref.scores, rtol=1e-5, atol=1e-5)
+        # maps: near-zero patch distances carry ~1e-5 of float32 cancellation (||a||² + ||b||² - 2a·b under a
+        # square root, in nearest()) from 1e-8 differences of the convolution at another batch size
+        torch.testing.assert_close(got.maps, ref.maps, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(score_all(auto, test, 3).scores, score_all(auto, test).scores, rtol=1e-5, atol=1e-5)
+    with pytest.raises(TrustVisionError, match="batch size"):
+        PatchCore(backbone, batch_size=0).fit(normal)
+
+
 def test_backbone_bad_input(tmp_path):
     with pytest.raises(TrustVisionError, match="--backbone-weights .*no such file"):
         load_backbone("torchvision:resnet18", tmp_path / "missing.safetensors")

@@ -241,6 +241,22 @@ def test_siamese_removes_false_positive_regions(siamese, tiny):
     _check_gradients(siamese, tiny)
 
 
+def test_vae_and_siamese_scores_do_not_depend_on_the_forward_batch(vae, siamese, tiny):
+    """score_batch_size / embed_batch_size (None: forward_batch) change no map, score or region count."""
+    from dataclasses import replace
+    ref = vae.score(tiny.test)
+    for bs in (1, 3, 64):
+        got = replace(vae, score_batch_size=bs).score(tiny.test)
+        torch.testing.assert_close(got.maps, ref.maps, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got.scores, ref.scores, rtol=1e-5, atol=1e-5)
+    ref = siamese.score(tiny.test)
+    other = replace(siamese, embed_batch_size=2, vae=replace(siamese.vae, score_batch_size=3))
+    got = other.score(tiny.test)
+    torch.testing.assert_close(got.scores, ref.scores, rtol=1e-5, atol=1e-5)
+    for k in ("regions_before", "regions_after", "kept_labels"):
+        assert torch.equal(got.extras[k], ref.extras[k]), k
+
+
 def _check_gradients(det, tiny):
     """score_differentiable: right shapes, finite non-zero input gradients, the same scores as score()."""
     x = tiny.test[:4].clone().requires_grad_(True)

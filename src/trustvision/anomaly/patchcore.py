@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..batching import forward_batch
 from ..errors import TrustVisionError
 from ..progress import Progress, Quiet
 from .backbone import Backbone
@@ -89,7 +90,8 @@ class PatchCore:
         grid: ``"shallow"`` (the paper: patches on the shallow layer's grid, the deep map resized up) or
             ``"deep"`` (the shallow map average-pooled down to the deep grid: 4x fewer patches at stride 2,
             a faster memory bank and coreset on a CPU, coarser maps).
-        batch_size: images per forward pass; seed: the coreset start point and projection.
+        batch_size: images per forward pass (None: :func:`trustvision.batching.forward_batch` for the
+            backbone and device; results do not depend on it); seed: the coreset start point and projection.
 
     Example::
 
@@ -101,7 +103,7 @@ class PatchCore:
 
     def __init__(self, backbone: Backbone, *, coreset_ratio: float = 0.1, projection_dim: int | None = 128,
                  patch_size: int = 3, sigma: float = 4.0, reweight: bool = False, neighbours: int = 9,
-                 grid: str = "shallow", batch_size: int = 32, seed: int = 0) -> None:
+                 grid: str = "shallow", batch_size: int | None = None, seed: int = 0) -> None:
         if not 0 < coreset_ratio <= 1:
             raise TrustVisionError(f"patchcore: coreset_ratio must be in (0, 1], got {coreset_ratio}")
         if patch_size < 1 or patch_size % 2 == 0:
@@ -111,7 +113,7 @@ class PatchCore:
         self.sigma, self.reweight, self.neighbours = float(sigma), bool(reweight), int(neighbours)
         if grid not in ("shallow", "deep"):
             raise TrustVisionError(f"patchcore: grid must be shallow or deep, got {grid!r}")
-        self.grid, self.batch_size, self.seed = grid, int(batch_size), int(seed)
+        self.grid, self.batch_size, self.seed = grid, batch_size, int(seed)
         self.memory_bank: Tensor | None = None
 
     @property
@@ -125,6 +127,10 @@ class PatchCore:
                 "patch_size": self.patch_size, "grid": self.grid, "sigma": self.sigma, "reweight": self.reweight,
                 "neighbours": self.neighbours, "memory_bank": None if self.memory_bank is None
                 else list(self.memory_bank.shape)}
+
+    def forward_batch(self, x: Tensor) -> int:
+        """Images of ``x`` (N, C, H, W) per backbone forward pass: ``batch_size``, else chosen by device."""
+        return forward_batch(self.backbone, self.device, sample_shape=x.shape[1:], override=self.batch_size)
 
     # ------------------------------------------------------------------ features
     def patch_features(self, x: Tensor) -> Tensor:
@@ -141,10 +147,11 @@ class PatchCore:
         """Build the memory bank from ``normal`` (N, C, H, W) and subsample it to the coreset; returns ``self``."""
         check_images(normal, "patchcore training images")
         progress = progress or Quiet()
-        tick = progress.task("patchcore: patch features", math.ceil(len(normal) / self.batch_size))
+        fb = self.forward_batch(normal)
+        tick = progress.task("patchcore: patch features", math.ceil(len(normal) / fb))
         feats = []
         with torch.inference_mode():
-            for xb in normal.split(self.batch_size):
+            for xb in normal.split(fb):
                 feats.append(self.patch_features(xb).flatten(0, 2))
                 tick()
         bank = torch.cat(feats)
@@ -189,7 +196,7 @@ class PatchCore:
         check_images(x, "patchcore images")
         maps, scores = [], []
         with torch.inference_mode():
-            for xb in x.split(self.batch_size):
+            for xb in x.split(self.forward_batch(x)):
                 m, s = self._score_batch(xb.to(self.device, torch.float32))
                 maps.append(m)
                 scores.append(s)

@@ -22,7 +22,7 @@ from ..errors import TrustVisionError
 from ..persist import digest
 from ..progress import Progress, Quiet
 from ..results import Figure, Flag, SectionResult, Table
-from .attack import attack_curves, fragility, operating_threshold
+from .attack import DetectorPGD, attack_curves, fragility, operating_threshold
 from .base import AnomalyResult, Detector, load_detector, save_detector
 from .data import AnomalyDataset
 from .metrics import evaluate
@@ -67,7 +67,7 @@ class AnomalyConfig:
     threshold_quantile: float = 0.95
     val_fraction: float = 0.1
     n_examples: int = 6
-    batch_size: int = 32
+    batch_size: int | None = None             # None: forward passes by forward_batch, attack batches of 32
     seed: int = 0
     device: str = "cpu"
 
@@ -82,7 +82,7 @@ class AnomalyConfig:
         self.eps = sorted({0.0, *map(float, self.eps)})
         if self.epochs is not None and self.epochs < 1:
             raise TrustVisionError(f"--epochs must be >= 1, got {self.epochs}")
-        if self.attack_steps < 1 or self.batch_size < 1:
+        if self.attack_steps < 1 or (self.batch_size is not None and self.batch_size < 1):
             raise TrustVisionError("--attack-steps and --batch-size must be >= 1")
         try:
             dev = torch.device(self.device)
@@ -104,12 +104,13 @@ def split_validation(train: Tensor, fraction: float, seed: int) -> tuple[Tensor,
 def build_detector(method: str, cfg: AnomalyConfig, backbone=None) -> Detector:
     """A fresh, unfitted detector for ``method`` with ``cfg``'s settings."""
     from .vae import VAEDetector
-    kw = {"seed": cfg.seed, "device": cfg.device, **({"epochs": cfg.epochs} if cfg.epochs else {})}
+    kw = {"seed": cfg.seed, "device": cfg.device, "score_batch_size": cfg.batch_size,
+          **({"epochs": cfg.epochs} if cfg.epochs else {})}
     if method == "vae":
         return VAEDetector(**kw)
     if method == "vae+siamese":
         from .siamese import SiameseRejudge
-        return SiameseRejudge(vae=VAEDetector(**kw), seed=cfg.seed, device=cfg.device)
+        return SiameseRejudge(vae=VAEDetector(**kw), seed=cfg.seed, device=cfg.device, embed_batch_size=cfg.batch_size)
     from .patchcore import PatchCore
     return PatchCore(backbone, seed=cfg.seed, batch_size=cfg.batch_size, **PATCHCORE_PRESETS[cfg.patchcore_preset])
 
@@ -153,9 +154,10 @@ def _prime(det: Detector, x: Tensor) -> None:
         vae.net = vae._build(tuple(x.shape[1:]))
 
 
-def score_all(det: Detector, x: Tensor, batch_size: int) -> AnomalyResult:
-    """Score ``x`` (N, C, H, W) in batches and concatenate maps, scores and per-image extras."""
-    parts = [det.score(xb) for xb in x.split(batch_size)]
+def score_all(det: Detector, x: Tensor, batch_size: int | None = None) -> AnomalyResult:
+    """Score ``x`` (N, C, H, W) in chunks of ``batch_size`` (None: one call; the detector picks its forward
+    batches) and concatenate maps, scores and per-image extras."""
+    parts = [det.score(xb) for xb in x.split(batch_size or max(len(x), 1))]
     extras: dict[str, Any] = {}
     for k, v in parts[0].extras.items():
         if isinstance(v, Tensor) and v.dim() >= 1 and all(isinstance(p.extras.get(k), Tensor) for p in parts):
@@ -178,7 +180,8 @@ def run_method(method: str, data: AnomalyDataset, cfg: AnomalyConfig, out: Path,
     metrics = evaluate(res, data)
     test = data.test.to(cfg.device)
     curves = attack_curves(det, test[data.labels == 0], test[data.labels == 1], threshold, cfg.eps,
-                           norm=cfg.attack_norm, steps=cfg.attack_steps, seed=cfg.seed, batch_size=cfg.batch_size,
+                           norm=cfg.attack_norm, steps=cfg.attack_steps, seed=cfg.seed,
+                           batch_size=cfg.batch_size or DetectorPGD.batch_size,
                            progress=progress)
     return {"metrics": metrics, "threshold": threshold, "curves": curves, "info": info, "result": res,
             "describe": det.describe() if hasattr(det, "describe") else {}}

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..batching import forward_batch
 from ..errors import TrustVisionError
 from ..progress import Progress, Quiet
 from .base import AnomalyResult, check_images
@@ -79,6 +80,7 @@ class SiameseRejudge:
     width: int = 16
     steps: int = 200
     batch_size: int = 64
+    embed_batch_size: int | None = field(default=None, repr=False)    # forward passes only: not a trained setting
     lr: float = 1e-3
     margin: float = 0.5
     percentile: float = 99.5
@@ -146,8 +148,13 @@ class SiameseRejudge:
         net.eval()
 
     def _embed(self, crops: Tensor) -> Tensor:
+        """Embeddings (R, dim) of ``crops`` (R, C, s, s): ``embed_batch_size`` crops per forward pass, else
+        :func:`trustvision.batching.forward_batch`."""
+        if not len(crops):
+            return crops.new_zeros((0, self.dim))
+        fb = forward_batch(self.net, self.device, sample_shape=crops.shape[1:], override=self.embed_batch_size)
         with torch.inference_mode():
-            return torch.cat([self.net(c) for c in crops.split(256)]) if len(crops) else crops.new_zeros((0, self.dim))
+            return torch.cat([self.net(c) for c in crops.split(fb)])
 
     def _build_bank(self, normal: Tensor) -> None:
         """Embeddings of grid crops (stride ``bank_stride``) of the normal images -> ``bank``, ``bank_pos``."""

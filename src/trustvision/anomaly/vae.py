@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from ..batching import forward_batch
 from ..errors import TrustVisionError
 from ..progress import Progress, Quiet
 from .base import AnomalyResult, check_images
@@ -90,6 +91,7 @@ class VAEDetector:
     beta: float = 1.0
     epochs: int = 20
     batch_size: int = 32
+    score_batch_size: int | None = field(default=None, repr=False)    # forward passes only: not a trained setting
     lr: float = 1e-3
     error: str = "l2"
     sigma: float = 4.0
@@ -172,11 +174,13 @@ class VAEDetector:
         return maps, reduce_map(maps, self.score_reduction, self.topk)
 
     def score(self, x: Tensor) -> AnomalyResult:
-        """Maps (N, H, W) and scores (N,) on the CPU, batched under ``torch.inference_mode``."""
+        """Maps (N, H, W) and scores (N,) on the CPU, batched under ``torch.inference_mode``: ``score_batch_size``
+        images per forward pass, else :func:`trustvision.batching.forward_batch` (the maps do not depend on it)."""
         check_images(x)
         self._ready()
         with torch.inference_mode():
-            maps = torch.cat([self.score_differentiable(b)[0].float().cpu() for b in x.split(self.batch_size * 4)])
+            fb = forward_batch(self.net, self.device, sample_shape=x.shape[1:], override=self.score_batch_size)
+            maps = torch.cat([self.score_differentiable(b)[0].float().cpu() for b in x.split(fb)])
         return AnomalyResult(maps=maps, scores=reduce_map(maps, self.score_reduction, self.topk))
 
     def state_dict(self) -> dict[str, Tensor]:

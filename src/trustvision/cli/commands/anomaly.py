@@ -15,7 +15,7 @@ import typer
 
 from ...parsing import parse_numbers
 from ..console import console, print_summary
-from ..options import BatchOpt, DeviceOpt, NoResumeOpt, OutOpt, SeedOpt
+from ..options import DeviceOpt, NoResumeOpt, OutOpt, SeedOpt
 
 
 def anomaly(what: Annotated[Optional[str], typer.Argument(help="demo: the offline synthetic demo "
@@ -35,7 +35,11 @@ def anomaly(what: Annotated[Optional[str], typer.Argument(help="demo: the offlin
             = "0,1/255,2/255,4/255,8/255",
             attack_steps: Annotated[int, typer.Option(help="PGD steps of the attack on the inspector")] = 10,
             size: Annotated[Optional[int], typer.Option(help="resize images to SIZE x SIZE")] = None,
-            device: DeviceOpt = "cpu", batch_size: BatchOpt = 32, seed: SeedOpt = 0,
+            device: DeviceOpt = "cpu",
+            batch_size: Annotated[Optional[int], typer.Option(
+                "--batch-size", help="images per forward pass and per attack batch (default: forward passes chosen "
+                                     "by device (trustvision.batching.forward_batch), attack batches of 32)")] = None,
+            seed: SeedOpt = 0,
             no_resume: NoResumeOpt = False) -> None:
     """Inspect: anomaly maps (VAE, VAE + Siamese, PatchCore), AUROC/AUPRO, attacks on the inspector, a report."""
     from ...anomaly.run import run_anomaly
