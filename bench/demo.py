@@ -18,7 +18,10 @@ accuracies, verdict and soundness flags of each run are printed beside its times
 conclusions can be compared.  ``--threads N`` pins every run's torch threads (``--threads 1`` makes CPU
 seconds comparable on a shared machine; it overrides the before/after thread choice).
 
-Wall seconds measure the machine as much as the demo when other jobs run; CPU seconds (user + system of
+Every row carries the host's speed measured just before its run (``floor.host_speed``, forward+backward
+images per second of the demo's architecture on one thread): on a shared host the same demo took 55 s and
+117 s an hour apart, with every stage slower by the same factor.  Wall seconds measure the machine as much
+as the demo when other jobs run; CPU seconds (user + system of
 the demo process, ``getrusage(RUSAGE_CHILDREN)``) much less so.  A run that exceeds ``--timeout`` seconds is
 stopped and reported as "> timeout".  The machine's load average at each start is recorded.  Rows of an
 earlier run of the same day and device are kept unless the same (scenario, settings) ran again.
@@ -48,6 +51,7 @@ from pathlib import Path
 import torch
 
 from common import device_name, load_average, write_results   # bench/common.py
+from floor import host_speed
 from trustvision.threads import available_cores
 
 BURN = "while True: pass"
@@ -89,6 +93,7 @@ def run_demo(scenario: str, settings: str, args, cores: int) -> dict:
         burners = [subprocess.Popen([sys.executable, "-c", BURN]) for _ in range(args.burners if place == "busy" else 0)]
         try:
             time.sleep(1.0 if burners else 0.0)
+            speed = host_speed()
             load, t0, cpu0 = load_average(), time.perf_counter(), _child_cpu()
             try:
                 proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
@@ -103,9 +108,11 @@ def run_demo(scenario: str, settings: str, args, cores: int) -> dict:
         seen = conclusions(out)
     row = {"scenario": scenario, "settings": settings, "n": args.n, "burners": len(burners), "seconds": secs,
            "cpu_seconds": cpu, "timed_out": rc is None, "exit_code": rc, "load_average_at_start": load,
+           "host_fwd_bwd_per_s": round(speed),
            "threads_flag": threads or "default", "command": " ".join(["trustvision"] + cmd[3:]), **seen}
     shown = f"> {args.timeout}" if rc is None else f"{secs:.1f}"
-    print(f"{scenario:13s} {settings:9s} {shown:>8s} s  cpu {cpu:.1f} s  exit {rc}  load {load}  {seen}", flush=True)
+    print(f"{scenario:13s} {settings:9s} {shown:>8s} s  cpu {cpu:.1f} s  exit {rc}  load {load}  "
+          f"host {speed:.0f} fwd+bwd/s  {seen}", flush=True)
     if rc not in (0, 1, None):
         print(tail, file=sys.stderr)
     return row
@@ -122,15 +129,16 @@ def _merged(path: Path, rows: list[dict]) -> list[dict]:
 
 
 def _table(rows: list[dict], timeout: float) -> list[str]:
-    lines = ["| scenario | settings | demo --n | burners | threads | load average at start | wall seconds | "
-             "demo CPU seconds | exit | verdict | flags | clean | worst case L∞ / L2 |",
-             "|---|---|---:|---:|---|---:|---:|---:|---:|---|---|---:|---|"]
+    lines = ["| scenario | settings | demo --n | burners | threads | load average at start | host speed (fwd+bwd/s) | "
+             "wall seconds | demo CPU seconds | exit | verdict | flags | clean | worst case L∞ / L2 |",
+             "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---|---|---:|---|"]
     for r in rows:
         worst = r.get("worst") or {}
         cpu = r.get("cpu_seconds")
         lines.append(
             f"| {r['scenario']} | {r.get('settings', 'thorough')} | {r['n']} | {r['burners']} | {r['threads_flag']} | "
-            f"{r['load_average_at_start']} | {'> %g' % timeout if r['timed_out'] else '%.1f' % r['seconds']} | "
+            f"{r['load_average_at_start']} | {r.get('host_fwd_bwd_per_s', '–')} | "
+            f"{'> %g' % timeout if r['timed_out'] else '%.1f' % r['seconds']} | "
             f"{'–' if cpu is None else '%.1f' % cpu} | {r['exit_code']} | {r.get('verdict', '–')} | "
             f"{', '.join(r.get('flags') or []) or '–'} | {r.get('clean', '–')} | "
             f"{worst.get('linf', '–')} / {worst.get('l2', '–')} |")

@@ -72,6 +72,22 @@ def floor_rates(classifier, x: torch.Tensor, *, repeats: int = 3, backward: bool
     return out
 
 
+def host_speed() -> float:
+    """Forward+backward images per second of an untrained demo-architecture CNN (seeded, batch 128, one
+    thread, best of 3 rounds of 0.5 s): how fast this machine is right now.  Shared hosts swing by 2x within
+    an hour, so each row carries the figure measured just before its run; compare rows by it."""
+    from trustvision.models.classifier import Classifier
+    from trustvision.models.zoo import small
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    clf = Classifier(small.ARCHS["smallcnn"](num_classes=10, channels=1), num_classes=10, channels=1)
+    x = torch.rand(128, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    rate = floor_rates(clf, x, min_seconds=0.5)["forward_backward"]
+    torch.set_num_threads(before)
+    return rate
+
+
 def share(rate: float, floor: float) -> str:
     """``"x % of the floor"`` for a rate (images/s) against the floor rate at the same batch."""
     return f"{100.0 * rate / floor:.0f} % of the floor"

@@ -42,7 +42,7 @@ def run(cmd: list[str], env: dict, cwd: Path) -> tuple[str, float, float]:
     return r.stdout, took, cpu
 
 
-def block(stdout: str, cache: str, demo_s: float, demo_cpu: float, api_s: float, fresh: bool) -> str:
+def block(stdout: str, cache: str, demo_s: float, demo_cpu: float, api_s: float, fresh: bool, speed: float) -> str:
     """The README block: the demo's output (without progress lines) and the measured timings."""
     shown = [ln.rstrip() for ln in stdout.splitlines() if not PROGRESS.match(ln)]
     text = "\n".join(shown).replace(cache, "~/.cache/trustvision")
@@ -53,7 +53,9 @@ def block(stdout: str, cache: str, demo_s: float, demo_cpu: float, api_s: float,
     run_kind = "first run: trains the CNN, then audits it" if fresh else "model reused from the cache"
     return (f"{START}\n```\n{text.strip()}\n```\n\n"
             f"Measured by `python examples/readme_output.py{'' if fresh else ' --reuse'}` on {cores} CPU cores "
-            f"(OMP_NUM_THREADS={threads}, 1-minute load average {load:.1f} at the end), CPU only: `trustvision demo` took {demo_s:.0f} s "
+            f"(OMP_NUM_THREADS={threads}, 1-minute load average {load:.1f} at the end; host speed {speed:.0f} forward+backward "
+            f"images/s of the demo's CNN on one thread, `bench/floor.py`: shared hosts swing by 2x), CPU only: "
+            f"`trustvision demo` took {demo_s:.0f} s "
             f"({run_kind}; {demo_cpu:.0f} CPU seconds); "
             f"`python examples/python_api.py` took {api_s:.0f} s afterwards (model reused). Progress lines "
             f"(one per step when stdout is not a terminal, bars when it is) are left out above.\n{END}")
@@ -64,6 +66,9 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true", help="reuse the model cache instead of a fresh one")
     ap.add_argument("--readme", type=Path, default=ROOT / "README.md")
     args = ap.parse_args()
+    sys.path.insert(0, str(ROOT / "bench"))
+    from floor import host_speed                   # bench/floor.py: how fast this machine is right now
+    speed = host_speed()
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "COLUMNS": "100", "MPLBACKEND": "Agg"}
         if not args.reuse:
@@ -72,7 +77,7 @@ def main() -> None:
         demo_out, demo_s, demo_cpu = run([sys.executable, "-m", "trustvision", "demo", "--out", "trustvision-demo"], env,
                                   Path(tmp))
         _, api_s, _ = run([sys.executable, str(ROOT / "examples" / "python_api.py")], env, Path(tmp))
-    new = block(demo_out, cache, demo_s, demo_cpu, api_s, not args.reuse)
+    new = block(demo_out, cache, demo_s, demo_cpu, api_s, not args.reuse, speed)
     readme = args.readme.read_text(encoding="utf-8")
     if START not in readme or END not in readme:
         sys.exit(f"{args.readme}: markers {START} / {END} not found")
