@@ -93,13 +93,15 @@ def test_threshold_respects_linf_budget_exactly(mnist_clf, mnist_batch):
 
 
 def test_targeted_success_means_prediction_is_target(mnist_clf, mnist_batch):
-    x, y = mnist_batch[0][:8], mnist_batch[1][:8]
+    """32 images: the targeted rate is about 0.35 (11 and 12 of 32 for the demo CNN trained at 1 and 2
+    threads); at least 4 fails with probability under 1 % even at a rate of 0.3."""
+    x, y = mnist_batch[0][:32], mnist_batch[1][:32]
     with torch.no_grad():
         target = mnist_clf(x).topk(2, 1).indices[:, 1]          # runner-up class: the easiest target
     r = PixelAttack(th=20, pop_size=30, generations=15)(mnist_clf, x, y, target=target)
     pred = _pred(mnist_clf, r.x_adv)
     assert torch.equal(r.success, pred == target)
-    assert int(r.success.sum()) >= 2
+    assert int(r.success.sum()) >= 4
 
 
 def test_same_seed_same_result(mnist_clf, mnist_batch):

@@ -127,11 +127,14 @@ def test_fab_at_least_as_strong_as_torchattacks(mnist_clf, digits, norm, eps, ta
 @pytest.mark.slow
 @pytest.mark.parametrize("norm,eps,queries", [("linf", 0.25, 300), ("l2", 3.5, 600)])
 def test_square_at_least_as_strong_as_torchattacks(mnist_clf, digits, norm, eps, queries):
+    """Two random searches with different random streams on 100 images: at robust accuracies of 3-5 % the
+    difference of the two has a standard deviation of about 0.03, so "as strong" allows 0.06 (2 sd; measured
+    0.05 vs 0.03 for L2 with the demo CNN trained at one thread, equal at two)."""
     x, y = digits
     ours = Square(eps=eps, norm=norm, n_queries=queries, seed=0)(mnist_clf, x, y)
     theirs = torchattacks.Square(mnist_clf.as_module(), norm=PEER_NORM[norm], eps=eps, n_queries=queries, seed=0)(x, y)
     ours_acc = 1 - float(ours.success.float().mean())
-    assert ours_acc <= _robust(mnist_clf, theirs, y) + 0.02
+    assert ours_acc <= _robust(mnist_clf, theirs, y) + 0.06
     assert ours_acc < 0.5
     assert float(perturbation_norms(ours.x_adv - x, norm).max()) <= eps
     assert int(ours.queries.max()) <= queries and int(ours.gradients.sum()) == 0
