@@ -103,3 +103,28 @@ def test_large_budget_and_convergence_flags():
     assert soundness.large_budget_flag(0.6, 0.5, "linf", 0.1)[0].severity == "error"
     assert soundness.convergence_flag(0.50, 0.49, 0.1, "linf", 200, {"steps": 50, "restarts": 3}) == []
     assert soundness.convergence_flag(0.50, 0.30, 0.1, "linf", 200, {"steps": 50, "restarts": 3})[0].code == "not-converged"
+
+
+def test_convergence_check_attacks_only_what_the_base_attack_left(mnist_clf, mnist_test, monkeypatch):
+    """The stronger PGD runs on the checked images the base PGD did not fool, so "strong" counts the images
+    neither attack fooled: never above "base", and the drop is exactly the images the base attack missed."""
+    from trustvision.evaluation.sections import robustness as rob
+    data = mnist_test.sample(48, 0)
+    with torch.inference_mode():
+        logits = mnist_clf(data.x)
+    seen = []
+    real = rob.run_batched
+
+    def spy(attack, clf, x, y, *a, **k):
+        if getattr(attack, "restarts", 1) > 1:                  # the convergence check's strong PGD
+            seen.append(len(x))
+        return real(attack, clf, x, y, *a, **k)
+
+    monkeypatch.setattr(rob, "run_batched", spy)
+    cfg = rob.RobustnessConfig(attacks=["pgd"], eps_linf=[0.0, 0.05, 0.1], eps_l2=[], strong_factor=2,
+                               strong_restarts=2)
+    sec = rob.robustness_section(mnist_clf, data, logits, cfg)
+    conv = sec.metrics["checks"]["convergence"]
+    correct = int((logits.argmax(1) == data.y).sum())
+    assert len(seen) == 1 and seen[0] == round(conv["base"] * correct) < correct
+    assert conv["strong"] <= conv["base"]

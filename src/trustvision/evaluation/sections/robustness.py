@@ -151,8 +151,14 @@ def _checks(cfg: RobustnessConfig, clf: Classifier, data: Dataset, correct: Tens
         base = cfg.build(run.name).with_eps(e)
         strong = PGD(eps=e, norm=base.norm, steps=base.steps * cfg.strong_factor, restarts=cfg.strong_restarts,
                      seed=cfg.seed + 1)
-        robust_strong = ~run_batched(strong, clf, xs, ys, batch_size).success
-        base_acc = float(run.robust[e][idx].float().mean())      # both on the same checked images
+        # the stronger attack runs on the images the base attack left robust: an image counts as robust only
+        # when neither attack fools it, so the drop is exactly the images the base attack missed
+        base_robust = run.robust[e][idx].to(xs.device)
+        left = base_robust.nonzero()[:, 0]
+        robust_strong = base_robust.clone()
+        if len(left):
+            robust_strong[left] = ~run_batched(strong, clf, xs[left], ys[left], batch_size).success.to(xs.device)
+        base_acc = float(base_robust.float().mean())              # both on the same checked images
         strong_acc = float(robust_strong.float().mean())
         info = {"steps": strong.steps, "restarts": strong.restarts}
         stats["convergence"] = {"eps": e, "norm": base.norm, "base": base_acc, "strong": strong_acc, **info}
