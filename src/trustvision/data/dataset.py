@@ -50,6 +50,17 @@ class LabelledImages:
         """How messages name this dataset: its file or folder when known, else ``dataset 'name'``."""
         return str(self.info["source"]) if self.info.get("source") else f"dataset {self.name!r}"
 
+    def check_labels(self, num_classes: int) -> None:
+        """One-line :class:`TrustVisionError` naming the source when the set has more classes than the model
+        outputs or a label outside ``[0, num_classes)``."""
+        where = self.origin + (f" ({self.info['labels_from']})" if self.info.get("labels_from") else "")
+        if self.num_classes > num_classes:
+            raise TrustVisionError(f"{where} has {self.num_classes} classes but the model outputs "
+                                   f"{num_classes}; check --num-classes")
+        if len(self.y) and (int(self.y.min()) < 0 or int(self.y.max()) >= num_classes):
+            raise TrustVisionError(f"{where}: labels must lie in [0, {num_classes - 1}], "
+                                   f"found {int(self.y.min())}..{int(self.y.max())}")
+
     def sample_indices(self, n: int | None, seed: int = 0) -> Tensor:
         """Sorted indices (n,) of a seeded random subset (all indices when ``n`` is None or too large)."""
         if n is None or n >= len(self):
@@ -129,13 +140,7 @@ class Dataset(LabelledImages):
         when the three channels are equal; otherwise it is an error.
         """
         x = self._channels(channels)
-        where = self.origin + (f" ({self.info['labels_from']})" if self.info.get("labels_from") else "")
-        if self.num_classes > num_classes:
-            raise TrustVisionError(f"{where} has {self.num_classes} classes but the model outputs "
-                                   f"{num_classes}; check --num-classes")
-        if len(self.y) and (int(self.y.min()) < 0 or int(self.y.max()) >= num_classes):
-            raise TrustVisionError(f"{where}: labels must lie in [0, {num_classes - 1}], "
-                                   f"found {int(self.y.min())}..{int(self.y.max())}")
+        self.check_labels(num_classes)
         if size and tuple(x.shape[-2:]) != tuple(size):
             x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False).clamp(0, 1)
         labels = self.labels if self.num_classes == num_classes else \

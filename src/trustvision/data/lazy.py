@@ -83,15 +83,9 @@ class LazyDataset(LabelledImages):
         The rules of :meth:`Dataset.conform`: grey -> RGB replicates; RGB -> grey only when R = G = B (an
         error naming the first colour file otherwise, raised when that file is decoded).
         """
-        where = self.origin + (f" ({self.info['labels_from']})" if self.info.get("labels_from") else "")
         if channels not in (1, 3):
             raise TrustVisionError(f"{self.origin} holds 1- or 3-channel images but the model takes {channels}")
-        if self.num_classes > num_classes:
-            raise TrustVisionError(f"{where} has {self.num_classes} classes but the model outputs "
-                                   f"{num_classes}; check --num-classes")
-        if len(self.y) and (int(self.y.min()) < 0 or int(self.y.max()) >= num_classes):
-            raise TrustVisionError(f"{where}: labels must lie in [0, {num_classes - 1}], "
-                                   f"found {int(self.y.min())}..{int(self.y.max())}")
+        self.check_labels(num_classes)
         labels = self.labels + [str(i) for i in range(self.num_classes, num_classes)]
         return replace(self, labels=labels, channels=channels, info=dict(self.info), _all=None,
                        conform_size=tuple(size) if size else self.conform_size)
